@@ -1,0 +1,1 @@
+"""Small reference CNNs trained on Fashion-MNIST (see models/README.md)."""
