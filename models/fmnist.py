@@ -68,7 +68,7 @@ def load_split(split: str, root: str | os.PathLike | None = None) -> tuple[np.nd
     labels = read_idx(lbl_p).astype(np.int64)
     if images.ndim != 3 or images.shape[1:] != (28, 28) or len(images) != len(labels):
         raise ValueError(f"unexpected Fashion-MNIST shapes {images.shape} {labels.shape}")
-    return np.ascontiguousarray(images[:, None]), labels
+    return images[:, None].copy(), labels  # copy: writable, contiguous
 
 
 def load_train_split(root=None):
