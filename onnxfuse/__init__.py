@@ -1,0 +1,7 @@
+"""onnxfuse: shrink exported ONNX networks by merging (Intra-Fusion) or pruning coupled channels."""
+
+from .api import compress, inspect, validate
+from .errors import OnnxfuseError
+
+__all__ = ["compress", "inspect", "validate", "OnnxfuseError"]
+__version__ = "0.1.0"

@@ -1,0 +1,149 @@
+"""Public API: compress, inspect, validate."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import onnx
+
+from . import pipeline
+from .channels import Analysis
+from .data import load_npz, random_inputs
+from .errors import OnnxfuseError
+from .graphio import check_model, load_model
+from .metrics import count_macs, count_params
+from .normalize import import_graph, infer_shapes
+from .validate import compare
+
+ModelLike = str | os.PathLike | onnx.ModelProto
+
+
+def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", importance: str = "l1",
+             round_to: int = 1, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
+             calib: str | None = None, validate: bool = True, device: str = "auto", seed: int = 0,
+             report_path: str | None = None, quiet: bool = False) -> tuple[onnx.ModelProto, dict]:
+    """Shrink every prunable channel group; returns the new model and a report (dict)."""
+    options = pipeline.Options(sparsity=sparsity, method=method, importance=importance, round_to=round_to,
+                               ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, validate=validate,
+                               device=device, seed=seed)
+    ctx = pipeline.Context(options=options, source=_source(model))
+    if quiet:
+        ctx.log = lambda msg: None
+    ctx = pipeline.run(ctx)
+    report = _compress_report(ctx)
+    if report_path:
+        Path(report_path).write_text(json.dumps(report, indent=2))
+    ctx.log(summary(report))
+    return ctx.result, report
+
+
+def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True) -> dict:
+    """The channel groups of a model: width, producers, consumers, MAC share, prunable or why not."""
+    options = pipeline.Options(ignore=tuple(ignore), fold_bn=fold_bn)
+    ctx = pipeline.run(pipeline.Context(options=options, source=_source(model)), stop_after="analyze")
+    macs = ctx.report["macs_before"]
+    return {"params": ctx.report["params_before"], "macs": macs, "normalize": ctx.report["normalize"],
+            "groups": group_rows(ctx.analysis, macs)}
+
+
+def validate(original: ModelLike, compressed: ModelLike, *, data: str | None = None, labels_key: str = "labels",
+             device: str = "auto", seed: int = 0) -> dict:
+    """Run both models in ONNX Runtime on the same inputs; agreement, errors, accuracy, params, MACs."""
+    a, b = _load(original), _load(compressed)
+    dataset = load_npz(data, a, labels_key) if data else random_inputs(a, seed=seed)
+    report = compare(a, b, dataset, device)
+    report["data"] = str(data) if data else "random inputs"
+    for name, model in (("before", a), ("after", b)):
+        graph = infer_shapes(import_graph(model), model)
+        report[f"params_{name}"] = count_params(graph)
+        report[f"macs_{name}"] = count_macs(graph)
+    return report
+
+
+def group_rows(analysis: Analysis, total_macs: int, keep: dict | None = None) -> list[dict]:
+    rows = []
+    for group in analysis.groups:
+        row = {
+            "id": group.id,
+            "width": group.width,
+            "producers": group.nodes("producer"),
+            "consumers": group.nodes("consumer"),
+            "mac_share": round(group.macs / total_macs, 4) if total_macs else 0.0,
+            "prunable": group.prunable,
+        }
+        if group.frozen:
+            row["frozen"] = group.frozen
+        if keep is not None and group.id in keep:
+            row["kept"] = int(len(keep[group.id]))
+        rows.append(row)
+    return rows
+
+
+def format_groups(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        state = "prunable" if r["prunable"] else f"frozen: {r['frozen']}"
+        kept = f" -> {r['kept']}" if "kept" in r else ""
+        lines.append(f"group {r['id']:>3}  width {r['width']:>5}{kept}  macs {100 * r['mac_share']:5.1f}%  "
+                     f"producers [{', '.join(r['producers'])}]  consumers [{', '.join(r['consumers'])}]  {state}")
+    return "\n".join(lines)
+
+
+def summary(report: dict) -> str:
+    groups = report["groups"]
+    pruned = sum(1 for g in groups if g["prunable"] and g.get("kept", g["width"]) < g["width"])
+    frozen = sum(1 for g in groups if not g["prunable"])
+    lines = [
+        f"groups: {len(groups)} ({pruned} shrunk, {frozen} frozen)",
+        f"params: {report['params_before']:,} -> {report['params_after']:,} "
+        f"({_ratio(report['params_after'], report['params_before'])})",
+        f"MACs:   {report['macs_before']:,} -> {report['macs_after']:,} "
+        f"({_ratio(report['macs_after'], report['macs_before'])})",
+    ]
+    val = report.get("validation")
+    if val:
+        line = f"validation on {val['samples']} {val['data']} ({val['provider']}):"
+        if "top1_agreement" in val:
+            line += f" top-1 agreement {100 * val['top1_agreement']:.1f}%"
+        if "accuracy_original" in val:
+            line += (f", accuracy {100 * val['accuracy_original']:.2f}% -> "
+                     f"{100 * val['accuracy_compressed']:.2f}%")
+        errors = [o["max_abs_error"] for o in val["outputs"].values() if "max_abs_error" in o]
+        if errors:
+            line += f", max output error {max(errors):.3g}"
+        lines.append(line)
+    return "\n".join(lines)
+
+
+def _compress_report(ctx: pipeline.Context) -> dict:
+    opts = ctx.options
+    report = {
+        "options": {"sparsity": opts.sparsity, "method": opts.method, "importance": opts.importance,
+                    "round_to": opts.round_to, "ignore": list(opts.ignore), "fold_bn": opts.fold_bn,
+                    "calib": opts.calib},
+        "groups": group_rows(ctx.analysis, ctx.report["macs_before"], ctx.keep),
+    }
+    report.update(ctx.report)
+    return report
+
+
+def _source(model: ModelLike):
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    raise OnnxfuseError(f"expected a path or an onnx.ModelProto, got {type(model).__name__}")
+
+
+def _load(model: ModelLike) -> onnx.ModelProto:
+    source = _source(model)
+    if isinstance(source, onnx.ModelProto):
+        check_model(source)
+        return source
+    return load_model(source)
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{after / before:.3f}x" if before else "n/a"

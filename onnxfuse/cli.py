@@ -1,0 +1,123 @@
+"""Command line: onnxfuse compress | inspect | validate."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from . import api
+from .errors import OnnxfuseError
+from .graphio import check_output_path, save_model
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2, like every other user error
+        print(f"error: {message}", file=sys.stderr)
+        sys.exit(2)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="onnxfuse", description="Shrink ONNX models by merging or pruning channels.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    c = sub.add_parser("compress", help="compress a model")
+    c.add_argument("input")
+    c.add_argument("-o", "--output", required=True)
+    c.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels removed per group")
+    c.add_argument("--method", default="prune", choices=["prune", "fuse"])
+    c.add_argument("--importance", default="l1")
+    c.add_argument("--round-to", type=int, default=1, help="keep a multiple of N channels per group")
+    c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
+                   help="leave the output channels of matching nodes untouched (repeatable)")
+    c.add_argument("--keep-bn", action="store_true", help="do not fold BatchNormalization into Conv/Gemm")
+    c.add_argument("--calib", help="calibration data (.npz, one array per input, optional labels)")
+    c.add_argument("--labels", default="labels", help="key of the labels array in the .npz")
+    c.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime comparison")
+    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--report", help="write the report as JSON")
+
+    i = sub.add_parser("inspect", help="list the channel groups")
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true")
+    i.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB")
+    i.add_argument("--keep-bn", action="store_true")
+
+    v = sub.add_parser("validate", help="compare two models in ONNX Runtime")
+    v.add_argument("original")
+    v.add_argument("compressed")
+    v.add_argument("--data", help=".npz inputs (random inputs when omitted)")
+    v.add_argument("--labels", default="labels")
+    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    v.add_argument("--json", action="store_true")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except OnnxfuseError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+def _compress(args) -> int:
+    from pathlib import Path
+
+    check_output_path(Path(args.output), args.input)
+    if args.report:
+        check_output_path(Path(args.report), args.input)
+    model, report = api.compress(
+        args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
+        ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, validate=not args.no_validate,
+        device=args.device, seed=args.seed, report_path=args.report)
+    save_model(model, args.output, input_path=args.input)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _inspect(args) -> int:
+    report = api.inspect(args.input, ignore=args.ignore, fold_bn=not args.keep_bn)
+    if args.json:
+        print(json.dumps(report, indent=2))
+        return 0
+    prunable = [g for g in report["groups"] if g["prunable"]]
+    share = sum(g["mac_share"] for g in prunable)
+    print(f"{args.input}: {report['params']:,} params, {report['macs']:,} MACs, "
+          f"{len(report['groups'])} groups ({len(prunable)} prunable)")
+    print(api.format_groups(report["groups"]))
+    print(f"MACs in prunable groups (producers and consumers): {100 * min(share, 1):.1f}%")
+    return 0
+
+
+def _validate(args) -> int:
+    report = api.validate(args.original, args.compressed, data=args.data, labels_key=args.labels,
+                          device=args.device)
+    print(json.dumps(report, indent=2) if args.json else _validation_text(report))
+    return 0
+
+
+def _validation_text(r: dict) -> str:
+    lines = [f"provider: {r['provider']}, {r['samples']} samples from {r['data']}",
+             f"params: {r['params_before']:,} -> {r['params_after']:,}",
+             f"MACs:   {r['macs_before']:,} -> {r['macs_after']:,}"]
+    if "top1_agreement" in r:
+        lines.append(f"top-1 agreement: {100 * r['top1_agreement']:.2f}%")
+    if "accuracy_original" in r:
+        lines.append(f"accuracy: {100 * r['accuracy_original']:.2f}% -> {100 * r['accuracy_compressed']:.2f}%")
+    for name, o in r["outputs"].items():
+        if "max_abs_error" in o:
+            lines.append(f"output {name}: max |error| {o['max_abs_error']:.4g}, mean {o['mean_abs_error']:.4g}")
+    return "\n".join(lines)
+
+
+COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate}
+
+if __name__ == "__main__":
+    sys.exit(main())

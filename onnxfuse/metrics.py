@@ -1,0 +1,50 @@
+"""Parameter and MAC counts, at batch size 1, from a graph with inferred shapes."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from .graph import node_label
+
+
+def count_params(graph: gs.Graph) -> int:
+    """Elements of the floating-point constants (weights; shape and index constants excluded)."""
+    return int(sum(t.values.size for t in graph.tensors().values()
+                   if isinstance(t, gs.Constant) and np.issubdtype(t.values.dtype, np.floating)))
+
+
+def node_macs(graph: gs.Graph) -> dict[str, int]:
+    return {node_label(n): _macs(n) for n in graph.nodes if _macs(n)}
+
+
+def count_macs(graph: gs.Graph) -> int:
+    return int(sum(node_macs(graph).values()))
+
+
+def _static(shape) -> list[int] | None:
+    """Shape with a symbolic batch (or other) dimension taken as 1; None if the rank is unknown."""
+    if shape is None:
+        return None
+    return [d if isinstance(d, int) and d >= 0 else 1 for d in shape]
+
+
+def _shape(tensor):
+    return _static(list(tensor.values.shape) if isinstance(tensor, gs.Constant) else tensor.shape)
+
+
+def _macs(node: gs.Node) -> int:
+    if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+        return 0
+    x, w, y = _shape(node.inputs[0]), _shape(node.inputs[1]), _shape(node.outputs[0])
+    if x is None or w is None or y is None or len(w) == 0:
+        return 0
+    if node.op == "Conv":
+        # each output element reads (C_in / group) × kernel inputs
+        return int(np.prod(y[1:]) * np.prod(w[1:]))
+    if node.op == "ConvTranspose":
+        return int(np.prod(x[1:]) * np.prod(w[1:]))
+    if node.op == "Gemm":
+        k = x[0] if node.attrs.get("transA", 0) else x[-1]
+        return int(np.prod(y) * k)
+    return int(np.prod(y) * x[-1])

@@ -1,0 +1,80 @@
+"""The compression pipeline, in order. Each pass reads and extends one Context.
+
+    load ─► normalize ─► analyze ─► score ─► plan ─► fuse ─► emit ─► validate
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+import onnx
+import onnx_graphsurgeon as gs
+
+from .channelmap import GroupMap
+from .channels import Analysis
+from .data import Dataset
+from .errors import OnnxfuseError
+
+METHODS = ("prune", "fuse")
+
+
+@dataclass
+class Options:
+    sparsity: float = 0.5
+    method: str = "prune"
+    importance: str = "l1"
+    round_to: int = 1
+    ignore: tuple[str, ...] = ()
+    fold_bn: bool = True
+    calib: str | None = None
+    labels_key: str = "labels"
+    validate: bool = True
+    device: str = "auto"
+    seed: int = 0
+
+    def check(self) -> None:
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+            raise OnnxfuseError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        if self.method not in METHODS:
+            raise OnnxfuseError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if not isinstance(self.round_to, int) or self.round_to < 1:
+            raise OnnxfuseError(f"round-to must be a positive integer, got {self.round_to}")
+
+
+@dataclass
+class Context:
+    options: Options
+    source: str | onnx.ModelProto
+    original: onnx.ModelProto | None = None
+    graph: gs.Graph | None = None
+    analysis: Analysis | None = None
+    calib: Dataset | None = None
+    scores: dict[int, np.ndarray] = field(default_factory=dict)
+    keep: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> kept channel indices
+    maps: dict[int, GroupMap] = field(default_factory=dict)
+    result: onnx.ModelProto | None = None
+    report: dict = field(default_factory=dict)
+    log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+
+def passes() -> list:
+    from onnxfuse.passes import analyze, emit, fuse, load, normalize, plan, score, validate
+
+    return [load.Load(), normalize.Normalize(), analyze.Analyze(), score.Score(), plan.Plan(),
+            fuse.Fuse(), emit.Emit(), validate.Validate()]
+
+
+def run(ctx: Context, stop_after: str | None = None) -> Context:
+    ctx.options.check()
+    timings = ctx.report.setdefault("seconds", {})
+    for p in passes():
+        start = time.perf_counter()
+        ctx = p.run(ctx)
+        timings[p.name] = round(time.perf_counter() - start, 4)
+        if p.name == stop_after:
+            break
+    return ctx

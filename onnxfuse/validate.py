@@ -1,0 +1,89 @@
+"""Compare an original and a compressed model in ONNX Runtime on the same inputs."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+from .data import Dataset, input_specs
+from .errors import OnnxfuseError
+
+DEVICE_PROVIDERS = {
+    "cuda": ["CUDAExecutionProvider", "CPUExecutionProvider"],
+    "cpu": ["CPUExecutionProvider"],
+}
+
+
+def providers_for(device: str = "auto") -> list[str]:
+    available = ort.get_available_providers()
+    if device == "auto":
+        device = "cuda" if "CUDAExecutionProvider" in available else "cpu"
+    if device not in DEVICE_PROVIDERS:
+        raise OnnxfuseError(f"unknown device {device!r}; choose auto, cuda or cpu")
+    if device == "cuda" and "CUDAExecutionProvider" not in available:
+        raise OnnxfuseError("device cuda asked for, but this onnxruntime has no CUDA provider "
+                            "(install onnxfuse[gpu])")
+    return DEVICE_PROVIDERS[device]
+
+
+def session(model: onnx.ModelProto, device: str = "auto") -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    options.log_severity_level = 3
+    provider_options = [{"use_tf32": "0"} if p == "CUDAExecutionProvider" else {}
+                        for p in providers_for(device)]
+    try:
+        return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device),
+                                    provider_options=provider_options)
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise OnnxfuseError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
+
+
+def run(sess: ort.InferenceSession, data: Dataset, batch_size: int) -> list[np.ndarray]:
+    outputs = None
+    for feeds in data.batches(batch_size):
+        result = sess.run(None, feeds)
+        outputs = [[r] for r in result] if outputs is None else [o + [r] for o, r in zip(outputs, result)]
+    return [np.concatenate(o) for o in outputs]
+
+
+def batch_size_for(model: onnx.ModelProto, wanted: int = 64) -> int:
+    """A fixed batch dimension in the model's inputs dictates the batch size."""
+    for spec in input_specs(model):
+        if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0:
+            return spec.shape[0]
+    return wanted
+
+
+def compare(original: onnx.ModelProto, compressed: onnx.ModelProto, data: Dataset,
+            device: str = "auto") -> dict:
+    """Agreement, output error and (with labels) accuracy of both models on `data`."""
+    batch = batch_size_for(original)
+    if len(data) % batch and batch != 64:
+        keep = len(data) - len(data) % batch
+        data = Dataset({k: v[:keep] for k, v in data.feeds.items()},
+                       None if data.labels is None else data.labels[:keep])
+    sess_a, sess_b = session(original, device), session(compressed, device)
+    out_a, out_b = run(sess_a, data, batch), run(sess_b, data, batch)
+    report = {
+        "provider": sess_b.get_providers()[0],
+        "samples": len(data),
+        "outputs": {},
+    }
+    for meta, a, b in zip(sess_a.get_outputs(), out_a, out_b):
+        if a.shape != b.shape:
+            raise OnnxfuseError(f"output {meta.name!r} changed shape {a.shape} -> {b.shape}")
+        if a.dtype.kind != "f":
+            report["outputs"][meta.name] = {"equal": bool(np.array_equal(a, b))}
+            continue
+        err = np.abs(a.astype(np.float64) - b.astype(np.float64))
+        report["outputs"][meta.name] = {"max_abs_error": float(err.max(initial=0.0)),
+                                        "mean_abs_error": float(err.mean()) if err.size else 0.0}
+    first_a, first_b = out_a[0], out_b[0]
+    if first_a.dtype.kind == "f" and first_a.ndim >= 2:
+        top_a, top_b = first_a.argmax(-1), first_b.argmax(-1)
+        report["top1_agreement"] = float((top_a == top_b).mean())
+        if data.labels is not None and first_a.ndim == 2 and len(data.labels) == len(first_a):
+            report["accuracy_original"] = float((top_a == data.labels).mean())
+            report["accuracy_compressed"] = float((top_b == data.labels).mean())
+    return report
