@@ -9,9 +9,10 @@ from .graph import node_label
 
 
 def count_params(graph: gs.Graph) -> int:
-    """Elements of the floating-point constants (weights; shape and index constants excluded)."""
+    """Elements of the floating-point tensor constants (scalars, shapes and indices excluded)."""
     return int(sum(t.values.size for t in graph.tensors().values()
-                   if isinstance(t, gs.Constant) and np.issubdtype(t.values.dtype, np.floating)))
+                   if isinstance(t, gs.Constant) and t.values.ndim > 0
+                   and np.issubdtype(t.values.dtype, np.floating)))
 
 
 def node_macs(graph: gs.Graph) -> dict[str, int]:

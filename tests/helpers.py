@@ -1,0 +1,46 @@
+"""Shared helpers for the tests: export torch modules, run ONNX Runtime."""
+
+from __future__ import annotations
+
+import io
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+
+
+def export(module, example, *, keep_bn: bool = False, opset: int = 17) -> onnx.ModelProto:
+    """TorchScript export; eval mode folds BN into Conv, `keep_bn` keeps BatchNormalization nodes."""
+    import torch
+
+    module.eval()
+    buf = io.BytesIO()
+    mode = torch.onnx.TrainingMode.PRESERVE if keep_bn else torch.onnx.TrainingMode.EVAL
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(module, example, buf, input_names=["input"], output_names=["output"],
+                          dynamic_axes={"input": {0: "N"}, "output": {0: "N"}}, opset_version=opset,
+                          training=mode, do_constant_folding=not keep_bn, dynamo=False)
+    return onnx.load_from_string(buf.getvalue())
+
+
+def run(model: onnx.ModelProto, feeds) -> list[np.ndarray]:
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    if not isinstance(feeds, dict):
+        feeds = {sess.get_inputs()[0].name: feeds}
+    return sess.run(None, feeds)
+
+
+def randomize_bn(module, seed: int = 0) -> None:
+    """Give BatchNorm layers non-trivial statistics and affine parameters."""
+    import torch
+
+    gen = torch.Generator().manual_seed(seed)
+    for m in module.modules():
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+            n = m.num_features
+            m.running_mean.copy_(torch.rand(n, generator=gen) * 0.4 - 0.2)
+            m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
+            m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
+            m.bias.data.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
