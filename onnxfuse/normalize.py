@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
-from onnx import numpy_helper
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from .errors import OnnxfuseError
 from .graph import is_onnx_domain
@@ -34,7 +34,24 @@ def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
         setattr(model, field, getattr(like, field))
     del model.metadata_props[:]
     model.metadata_props.extend(like.metadata_props)
+    _keep_interface_types(model, like)
     return model
+
+
+def _keep_interface_types(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
+    """Graph inputs and outputs keep their declared types (shape inference may rename symbolic
+    dims); a static dimension that really changed is an error."""
+    for kind in ("input", "output"):
+        declared = {v.name: v for v in getattr(like.graph, kind)}
+        for value in getattr(model.graph, kind):
+            if value.name not in declared:
+                continue
+            old, new = declared[value.name].type.tensor_type, value.type.tensor_type
+            if old.HasField("shape") and new.HasField("shape"):
+                for a, b in zip(old.shape.dim, new.shape.dim):
+                    if a.HasField("dim_value") and b.HasField("dim_value") and a.dim_value != b.dim_value:
+                        raise RuntimeError(f"internal error: graph {kind} {value.name} changed shape")
+            value.type.CopyFrom(declared[value.name].type)
 
 
 def normalize(graph: gs.Graph, fold_bn: bool = True) -> list[str]:
@@ -59,11 +76,22 @@ def infer_shapes(graph: gs.Graph, like: onnx.ModelProto) -> gs.Graph:
             tensor.dtype = None if tensor.inputs else tensor.dtype
     model = export_model(graph, like)
     del model.graph.value_info[:]
+    return import_graph(_infer(model))
+
+
+def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
+    """ONNX Runtime's symbolic shape inference resolves shapes computed at run time (Shape →
+    Gather → Concat → Reshape) that plain ONNX inference leaves unknown; fall back to the latter."""
     try:
-        model = onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+        if inferred is not None:
+            return inferred
+    except Exception:  # it raises assorted errors on ops it does not know; ONNX's own inference follows
+        pass
+    try:
+        return onnx.shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         raise OnnxfuseError(f"shape inference failed: {str(exc).splitlines()[0]}") from None
-    return import_graph(model)
 
 
 def name_nodes(graph: gs.Graph) -> None:

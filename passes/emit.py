@@ -1,6 +1,5 @@
 import onnx
 
-from onnxfuse.errors import OnnxfuseError
 from onnxfuse.metrics import count_macs, count_params
 from onnxfuse.normalize import export_model, infer_shapes
 
@@ -24,13 +23,12 @@ class Emit:
         return ctx
 
 
+
 def _check_interface(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
+    def names(model, kind):
+        initializers = {t.name for t in model.graph.initializer}
+        return [v.name for v in getattr(model.graph, kind) if v.name not in initializers]
+
     for kind in ("input", "output"):
-        old = [(v.name, v.type.SerializeToString()) for v in getattr(before.graph, kind)]
-        new = [(v.name, v.type.SerializeToString()) for v in getattr(after.graph, kind)]
-        init = {t.name for t in after.graph.initializer}
-        if kind == "input":
-            old = [v for v in old if v[0] not in {t.name for t in before.graph.initializer}]
-            new = [v for v in new if v[0] not in init]
-        if old != new:
-            raise OnnxfuseError(f"internal error: graph {kind}s changed")
+        if names(before, kind) != names(after, kind):
+            raise RuntimeError(f"internal error: graph {kind}s changed")

@@ -44,3 +44,27 @@ def randomize_bn(module, seed: int = 0) -> None:
             m.running_var.copy_(torch.rand(n, generator=gen) * 1.5 + 0.5)
             m.weight.data.copy_(torch.rand(n, generator=gen) + 0.5)
             m.bias.data.copy_(torch.rand(n, generator=gen) * 0.2 - 0.1)
+
+
+def zero_dropped_channels(model: onnx.ModelProto, sparsity: float, *, fold_bn: bool = True) -> onnx.ModelProto:
+    """The oracle model for exact pruning: in every prunable group, the channels that
+    `keep_count` would drop (the first ones) get all their scored weights — producer rows,
+    consumer columns, BN scales, depthwise kernels — set to exactly zero. They then have the
+    lowest magnitude importance, and since no consumer reads them, removing them must reproduce
+    this model's outputs."""
+    from onnxfuse import pipeline
+    from onnxfuse.normalize import export_model
+    from onnxfuse.planning import keep_count
+
+    ctx = pipeline.run(pipeline.Context(pipeline.Options(fold_bn=fold_bn), model), stop_after="analyze")
+    tensors = ctx.graph.tensors()
+    for group in ctx.analysis.prunable:
+        dropped = np.arange(group.width - keep_count(group.width, sparsity))
+        for member in group.members:
+            if not member.scored:
+                continue
+            values = np.array(tensors[member.tensor].values)
+            moved = np.moveaxis(values, member.axis, 0)
+            moved[group.positions[member.space][dropped].ravel()] = 0
+            tensors[member.tensor].values = values
+    return export_model(ctx.graph, model)

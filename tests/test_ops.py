@@ -1,0 +1,275 @@
+"""One tiny model per op rule of the op table. For each: the groups `inspect` finds, sparsity 0
+reproduces the outputs, pruning channels whose weights are exactly zero reproduces the outputs,
+and sparsity 0.5 gives a checked model with the same output shape."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxfuse
+from tests.helpers import run, zero_dropped_channels
+from tests.netbuilder import Net
+
+
+def conv_chain():
+    n = Net()
+    y = n.relu(n.conv("x", 3, 8))
+    y = n.relu(n.conv(y, 8, 8, k=1))
+    return n, n.conv(y, 8, 4), [8, 8]
+
+
+def residual():
+    n = Net()
+    a = n.relu(n.conv("x", 3, 8))
+    b = n.conv(n.relu(n.conv(a, 8, 8)), 8, 8)
+    y = n.relu(n.op("Add", [a, b]))
+    return n, n.conv(y, 8, 4), [8, 8]
+
+
+def depthwise():
+    n = Net()
+    y = n.relu(n.conv("x", 3, 8))
+    y = n.relu(n.conv(y, 8, 8, group=8))
+    return n, n.conv(y, 8, 4), [8]
+
+
+def depthwise_multiplier():
+    n = Net()
+    y = n.conv("x", 3, 4)
+    y = n.relu(n.conv(y, 4, 8, group=4))
+    return n, n.conv(y, 8, 4), [4]
+
+
+def batchnorm():
+    n = Net()
+    y = n.relu(n.bn(n.conv("x", 3, 8, bias=False), 8))
+    return n, n.conv(y, 8, 4), [8]
+
+
+def gemm_trans_b():
+    n = Net(input_shape=("N", 16))
+    y = n.relu(n.gemm("x", 16, 12, trans_b=1))
+    return n, n.gemm(y, 12, 4, trans_b=0), [12]
+
+
+def matmul_add():
+    n = Net(input_shape=("N", 5, 16))
+    y = n.op("MatMul", ["x", n.rand(16, 12)])
+    y = n.relu(n.op("Add", [y, n.rand(12, scale=0.1)]))
+    return n, n.op("MatMul", [y, n.rand(12, 4)]), [12]
+
+
+def activations():
+    n = Net()
+    y = n.conv("x", 3, 8)
+    y = n.op("Clip", [y, n.const(np.float32(-2)), n.const(np.float32(2))])
+    y = n.op("Sigmoid", [y])
+    y = n.op("HardSigmoid", [n.conv(y, 8, 8)])
+    y = n.op("HardSwish", [n.conv(y, 8, 8)])
+    y = n.op("LeakyRelu", [y], alpha=0.1)
+    y = n.op("Tanh", [y])
+    y = n.op("PRelu", [n.conv(y, 8, 8), n.rand(8, 1, 1)])
+    return n, n.conv(y, 8, 4), [8, 8, 8, 8]
+
+
+def broadcast_constants():
+    n = Net()
+    y = n.conv("x", 3, 8)
+    y = n.op("Add", [y, n.rand(1, 8, 1, 1)])
+    y = n.op("Mul", [y, n.const(np.float32(1.5))])
+    y = n.op("Sub", [y, n.rand(8, 1, 1)])
+    y = n.op("Div", [y, n.const(np.full((1, 8, 1, 1), 2.0, np.float32))])
+    return n, n.conv(n.relu(y), 8, 4), [8]
+
+
+def squeeze_excite():
+    n = Net()
+    s = n.relu(n.conv("x", 3, 8))
+    g = n.op("GlobalAveragePool", [s])
+    g = n.op("Sigmoid", [n.conv(n.relu(n.conv(g, 8, 2, k=1)), 2, 8, k=1)])
+    return n, n.conv(n.op("Mul", [s, g]), 8, 4), [2, 8]
+
+
+def squeeze_excite_reduce_mean():
+    n = Net()
+    s = n.relu(n.conv("x", 3, 8))
+    g = n.op("ReduceMean", [s], axes=[2, 3], keepdims=1)
+    g = n.op("HardSigmoid", [n.conv(n.relu(n.conv(g, 8, 4, k=1)), 4, 8, k=1)])
+    return n, n.conv(n.op("Mul", [g, s]), 8, 4), [4, 8]
+
+
+def pools_and_gap_head():
+    n = Net()
+    y = n.op("MaxPool", [n.relu(n.conv("x", 3, 8))], kernel_shape=[2, 2], strides=[2, 2])
+    y = n.op("AveragePool", [y], kernel_shape=[2, 2], strides=[1, 1], pads=[0, 0, 1, 1])
+    y = n.op("GlobalAveragePool", [n.relu(n.conv(y, 8, 8))])
+    y = n.op("Flatten", [y], axis=1)
+    return n, n.gemm(y, 8, 10), [8, 8]
+
+
+def flatten_head():
+    n = Net()
+    y = n.op("MaxPool", [n.relu(n.conv("x", 3, 8))], kernel_shape=[2, 2], strides=[2, 2])
+    return n, n.gemm(n.op("Flatten", [y], axis=1), 8 * 16, 10), [8]
+
+
+def reshape_head():
+    n = Net()
+    y = n.op("MaxPool", [n.relu(n.conv("x", 3, 8))], kernel_shape=[2, 2], strides=[2, 2])
+    y = n.op("Reshape", [y, n.const(np.array([-1, 128], np.int64))])
+    return n, n.gemm(y, 128, 10), [8]
+
+
+def transpose_reshape_head():
+    n = Net()
+    y = n.op("MaxPool", [n.relu(n.conv("x", 3, 8))], kernel_shape=[2, 2], strides=[2, 2])
+    y = n.op("Transpose", [y], perm=[0, 2, 3, 1])
+    y = n.op("Reshape", [y, n.const(np.array([0, -1], np.int64))])
+    return n, n.gemm(y, 128, 10), [8]
+
+
+def squeeze_head():
+    n = Net()
+    y = n.op("GlobalAveragePool", [n.relu(n.conv("x", 3, 8))])
+    y = n.op("Squeeze", [y, n.const(np.array([2, 3], np.int64))])
+    y = n.op("Unsqueeze", [y, n.const(np.array([1], np.int64))])
+    y = n.op("Squeeze", [y, n.const(np.array([1], np.int64))])
+    return n, n.gemm(y, 8, 10), [8]
+
+
+def concat():
+    n = Net()
+    a = n.relu(n.conv("x", 3, 4))
+    b = n.relu(n.conv("x", 3, 6))
+    y = n.op("Concat", [a, b], axis=1)
+    return n, n.conv(n.relu(y), 10, 4), [4, 6]
+
+
+def split():
+    n = Net()
+    a, b = n.op("Split", [n.conv("x", 3, 8), n.const(np.array([3, 5], np.int64))], n_out=2, axis=1)
+    y = n.op("Add", [n.conv(n.relu(a), 3, 4), n.conv(n.relu(b), 5, 4)])
+    return n, y, [3, 5]
+
+
+def split_equal_opset18():
+    n = Net(opset=18)
+    a, b = n.op("Split", [n.conv("x", 3, 8)], n_out=2, axis=1, num_outputs=2)
+    y = n.op("Add", [n.conv(n.relu(a), 4, 4), n.conv(n.relu(b), 4, 4)])
+    return n, y, [4, 4]
+
+
+def slice_channels():
+    n = Net()
+    y = n.relu(n.conv("x", 3, 8))
+    s = n.op("Slice", [y, n.const(np.array([2], np.int64)), n.const(np.array([6], np.int64)),
+                       n.const(np.array([1], np.int64))])
+    out = n.op("Add", [n.conv(s, 4, 4), n.conv(y, 8, 4)])
+    return n, out, [4, 4]  # channels 2..5 and the others (0, 1, 6, 7), which are interchangeable
+
+
+def pad_resize_dropout():
+    n = Net()
+    y = n.relu(n.conv("x", 3, 8))
+    y = n.op("Pad", [y, n.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+    y = n.op("Resize", [y, "", n.const(np.array([1, 1, 2, 2], np.float32))], mode="nearest")
+    y = n.op("Dropout", [y])
+    return n, n.conv(y, 8, 4), [8]
+
+
+def conv_transpose():
+    n = Net()
+    y = n.relu(n.conv("x", 3, 8))
+    y = n.op("ConvTranspose", [y, n.rand(8, 6, 2, 2), n.rand(6, scale=0.1)], strides=[2, 2])
+    return n, n.conv(n.relu(y), 6, 4), [6, 8]
+
+
+CASES = [conv_chain, residual, depthwise, depthwise_multiplier, batchnorm, gemm_trans_b, matmul_add,
+         activations, broadcast_constants, squeeze_excite, squeeze_excite_reduce_mean, pools_and_gap_head,
+         flatten_head, reshape_head, transpose_reshape_head, squeeze_head, concat, split, split_equal_opset18,
+         slice_channels, pad_resize_dropout, conv_transpose]
+
+
+def _prunable_widths(model, fold_bn=True):
+    return sorted(g["width"] for g in onnxfuse.inspect(model, fold_bn=fold_bn)["groups"] if g["prunable"])
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
+def test_groups(case):
+    net, out, widths = case()
+    assert _prunable_widths(net.model(out)) == sorted(widths)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
+def test_sparsity_zero_reproduces_outputs(case):
+    net, out, _ = case()
+    model, x = net.model(out), net.input()
+    compressed, _ = onnxfuse.compress(model, 0.0, validate=False, quiet=True)
+    np.testing.assert_allclose(run(compressed, x)[0], run(model, x)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("fold_bn", [True, False])
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
+def test_pruning_zero_channels_is_exact(case, fold_bn):
+    net, out, _ = case()
+    oracle = zero_dropped_channels(net.model(out), 0.5, fold_bn=fold_bn)
+    x = net.input()
+    compressed, report = onnxfuse.compress(oracle, 0.5, fold_bn=fold_bn, validate=False, quiet=True)
+    assert report["macs_after"] < report["macs_before"]
+    np.testing.assert_allclose(run(compressed, x)[0], run(oracle, x)[0], atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.__name__)
+def test_half_sparsity_gives_a_valid_model(case):
+    net, out, _ = case()
+    model, x = net.model(out), net.input(batch=3)
+    compressed, _ = onnxfuse.compress(model, 0.5, validate=False, quiet=True)
+    onnx.checker.check_model(compressed, full_check=True)
+    assert run(compressed, x)[0].shape == run(model, x)[0].shape
+
+
+# --- structures that must stay frozen -------------------------------------------------------
+
+
+def grouped_conv():
+    n = Net()
+    y = n.relu(n.conv("x", 3, 8))
+    return n, n.conv(n.relu(n.conv(y, 8, 8, group=2)), 8, 4), "grouped Conv"
+
+
+def unknown_op():
+    n = Net()
+    y = n.op("LRN", [n.relu(n.conv("x", 3, 8))], size=3)
+    return n, n.conv(y, 8, 4), "unsupported op LRN"
+
+
+def softmax_over_channels():
+    n = Net()
+    y = n.op("Softmax", [n.conv("x", 3, 8)], axis=1)
+    return n, n.conv(y, 8, 4), "Softmax normalises over axis 1"
+
+
+def pad_on_channels():
+    n = Net()
+    y = n.op("Pad", [n.conv("x", 3, 8), n.const(np.array([0, 1, 0, 0, 0, 1, 0, 0], np.int64))])
+    return n, n.conv(y, 10, 4), "Pad pads the channel axis"
+
+
+@pytest.mark.parametrize("case", [grouped_conv, unknown_op, softmax_over_channels, pad_on_channels],
+                         ids=lambda c: c.__name__)
+def test_unknown_structure_is_frozen_and_untouched(case):
+    net, out, reason = case()
+    model, x = net.model(out), net.input()
+    groups = onnxfuse.inspect(model)["groups"]
+    frozen = [g for g in groups if not g["prunable"] and reason in g["frozen"]]
+    assert frozen, [g.get("frozen") for g in groups]
+    compressed, _ = onnxfuse.compress(model, 0.5, validate=False, quiet=True)
+    before = {t.name: t.dims for t in model.graph.initializer}
+    after = {t.name: t.dims for t in compressed.graph.initializer}
+    for g in frozen:  # the frozen producers keep every output channel
+        for node in model.graph.node:
+            if node.name in g["producers"] and node.input[1] in after:
+                assert after[node.input[1]][0] == before[node.input[1]][0]
+    assert run(compressed, x)[0].shape == run(model, x)[0].shape
