@@ -3,5 +3,5 @@
 from .api import compress, inspect, validate
 from .errors import OnnxfuseError
 
-__all__ = ["compress", "inspect", "validate", "OnnxfuseError"]
+__all__ = ["OnnxfuseError", "compress", "inspect", "validate"]
 __version__ = "0.1.0"

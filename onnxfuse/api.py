@@ -76,7 +76,7 @@ def group_rows(analysis: Analysis, total_macs: int, keep: dict | None = None) ->
         if group.frozen:
             row["frozen"] = group.frozen
         if keep is not None and group.id in keep:
-            row["kept"] = int(len(keep[group.id]))
+            row["kept"] = len(keep[group.id])
         rows.append(row)
     return rows
 

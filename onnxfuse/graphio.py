@@ -67,9 +67,9 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str 
 
 
 def check_output_path(path: Path, input_path: str | os.PathLike | None) -> None:
-    if input_path is not None and Path(input_path).exists():
-        if path.exists() and os.path.samefile(path, input_path) or path.resolve() == Path(input_path).resolve():
-            raise OnnxfuseError(f"{path}: output path is the input file; choose another output")
+    if input_path is not None and Path(input_path).exists() and (
+            path.exists() and os.path.samefile(path, input_path) or path.resolve() == Path(input_path).resolve()):
+        raise OnnxfuseError(f"{path}: output path is the input file; choose another output")
     if path.is_dir():
         raise OnnxfuseError(f"{path}: output path is a directory")
     if not path.parent.exists():

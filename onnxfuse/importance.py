@@ -9,7 +9,7 @@ result divided by its mean.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs

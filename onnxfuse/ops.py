@@ -22,8 +22,8 @@ An op missing from the table freezes every space that reaches it: unknown means 
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import numpy as np
 import onnx_graphsurgeon as gs
@@ -395,7 +395,7 @@ def flatten(node, tensor, axis, g: GraphView):
     if shape is None:
         return [Freeze((tensor.name, axis), f"Flatten with unknown input shape ({node_label(node)})")]
     k = _norm_axis(int(node.attrs.get("axis", 1)), len(shape))
-    groups = [(list(range(0, k)), 0), (list(range(k, len(shape))), 1)]
+    groups = [(list(range(k)), 0), (list(range(k, len(shape))), 1)]
     return _merge_relations(node, tensor, axis, x, y, shape, groups)
 
 
