@@ -22,12 +22,13 @@ ModelLike = str | os.PathLike | onnx.ModelProto
 
 def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", importance: str = "l1",
              round_to: int = 1, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
-             calib: str | None = None, validate: bool = True, device: str = "auto", seed: int = 0,
+             calib: str | None = None, data: str | None = None, labels_key: str = "labels",
+             validate: bool = True, device: str = "auto", seed: int = 0,
              report_path: str | None = None, quiet: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Shrink every prunable channel group; returns the new model and a report (dict)."""
     options = pipeline.Options(sparsity=sparsity, method=method, importance=importance, round_to=round_to,
-                               ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, validate=validate,
-                               device=device, seed=seed)
+                               ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
+                               labels_key=labels_key, validate=validate, device=device, seed=seed)
     ctx = pipeline.Context(options=options, source=_source(model))
     if quiet:
         ctx.log = lambda msg: None
@@ -45,6 +46,7 @@ def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_
     ctx = pipeline.run(pipeline.Context(options=options, source=_source(model)), stop_after="analyze")
     macs = ctx.report["macs_before"]
     return {"params": ctx.report["params_before"], "macs": macs, "normalize": ctx.report["normalize"],
+            "prunable_mac_share": round(ctx.analysis.prunable_mac_share(), 4),
             "groups": group_rows(ctx.analysis, macs)}
 
 
@@ -104,7 +106,7 @@ def summary(report: dict) -> str:
     ]
     val = report.get("validation")
     if val:
-        line = f"validation on {val['samples']} {val['data']} ({val['provider']}):"
+        line = f"validation on {val['samples']} samples of {val['data']} ({val['provider']}):"
         if "top1_agreement" in val:
             line += f" top-1 agreement {100 * val['top1_agreement']:.1f}%"
         if "accuracy_original" in val:
@@ -122,7 +124,7 @@ def _compress_report(ctx: pipeline.Context) -> dict:
     report = {
         "options": {"sparsity": opts.sparsity, "method": opts.method, "importance": opts.importance,
                     "round_to": opts.round_to, "ignore": list(opts.ignore), "fold_bn": opts.fold_bn,
-                    "calib": opts.calib},
+                    "calib": opts.calib, "data": opts.data},
         "groups": group_rows(ctx.analysis, ctx.report["macs_before"], ctx.keep),
     }
     report.update(ctx.report)

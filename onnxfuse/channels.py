@@ -47,10 +47,17 @@ class Analysis:
     members: dict[Space, list[Member]]
     fixups: list[Fixup]
     frozen_spaces: dict[Space, str]
+    node_macs: dict[str, int]
 
     @property
     def prunable(self) -> list[Group]:
         return [grp for grp in self.groups if grp.prunable]
+
+    def prunable_mac_share(self) -> float:
+        """Share of the model's MACs in nodes whose weights some prunable group shrinks."""
+        total = sum(self.node_macs.values())
+        nodes = {m.node for grp in self.prunable for m in grp.members if m.scored}
+        return sum(self.node_macs.get(n, 0) for n in nodes) / total if total else 0.0
 
 
 def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, int] | None = None) -> Analysis:
@@ -59,10 +66,10 @@ def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, 
     frozen = _frozen_spaces(relations, widths)
     members, fixups = _members_and_fixups(relations, widths)
     groups = _build_groups(relations, widths, frozen, members)
+    node_macs = node_macs or {}
     for group in groups:
-        nodes = {m.node for m in group.members if m.scored}
-        group.macs = sum((node_macs or {}).get(n, 0) for n in nodes)
-    return Analysis(widths, groups, members, fixups, frozen)
+        group.macs = sum(node_macs.get(n, 0) for n in {m.node for m in group.members if m.scored})
+    return Analysis(widths, groups, members, fixups, frozen, node_macs)
 
 
 def _collect_relations(g: GraphView, ignore: tuple[str, ...]):

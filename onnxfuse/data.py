@@ -53,7 +53,11 @@ def load_npz(path: str | Path, model: onnx.ModelProto, labels_key: str = "labels
     if not path.is_file():
         raise OnnxfuseError(f"{path}: no such data file")
     try:
-        with np.load(path, allow_pickle=False) as npz:
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.lib.npyio.NpzFile):  # a plain .npy file gives one bare array
+            raise OnnxfuseError(f"{path}: a single .npy array, not a .npz archive of named arrays "
+                                "(write one with numpy.savez)")
+        with loaded as npz:
             arrays = {k: npz[k] for k in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise OnnxfuseError(f"{path}: not a readable .npz file ({exc})") from None

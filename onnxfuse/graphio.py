@@ -31,7 +31,7 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxfuseError(f"{path}: not an ONNX model (no graph with nodes)")
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
-    except (FileNotFoundError, OSError) as exc:
+    except (OSError, onnx.checker.ValidationError) as exc:
         raise OnnxfuseError(f"{path}: cannot read external data ({_first_line(exc)})") from None
     check_model(model, what=str(path))
     return model
@@ -72,8 +72,9 @@ def check_output_path(path: Path, input_path: str | os.PathLike | None) -> None:
         raise OnnxfuseError(f"{path}: output path is the input file; choose another output")
     if path.is_dir():
         raise OnnxfuseError(f"{path}: output path is a directory")
-    if not path.parent.exists():
-        raise OnnxfuseError(f"{path.parent}: output directory does not exist")
+    if not path.parent.is_dir():
+        state = "is a file, not a directory" if path.parent.exists() else "does not exist"
+        raise OnnxfuseError(f"{path.parent}: output directory {state}")
     if not os.access(path.parent, os.W_OK):
         raise OnnxfuseError(f"{path.parent}: output directory is not writable")
 

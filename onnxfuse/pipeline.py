@@ -31,6 +31,7 @@ class Options:
     ignore: tuple[str, ...] = ()
     fold_bn: bool = True
     calib: str | None = None
+    data: str | None = None  # validation data; default: calib, else random inputs
     labels_key: str = "labels"
     validate: bool = True
     device: str = "auto"
@@ -53,6 +54,7 @@ class Context:
     graph: gs.Graph | None = None
     analysis: Analysis | None = None
     calib: Dataset | None = None
+    data: Dataset | None = None
     scores: dict[int, np.ndarray] = field(default_factory=dict)
     keep: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> kept channel indices
     maps: dict[int, GroupMap] = field(default_factory=dict)

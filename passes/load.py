@@ -5,7 +5,7 @@ from onnxfuse.graphio import check_model, load_model
 
 
 class Load:
-    """Read the model (path or ModelProto) and the calibration data."""
+    """Read the model (path or ModelProto), the calibration data and the validation data."""
 
     name = "load"
 
@@ -17,4 +17,6 @@ class Load:
             ctx.original = load_model(ctx.source)
         if ctx.options.calib:
             ctx.calib = load_npz(ctx.options.calib, ctx.original, ctx.options.labels_key)
+        if ctx.options.data:
+            ctx.data = load_npz(ctx.options.data, ctx.original, ctx.options.labels_key)
         return ctx

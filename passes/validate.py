@@ -3,14 +3,19 @@ from onnxfuse.validate import compare
 
 
 class Validate:
-    """ONNX Runtime on the original and the result, on the calibration data or random inputs."""
+    """ONNX Runtime on the original and the result: validation data, else calibration data, else random."""
 
     name = "validate"
 
     def run(self, ctx):
         if not ctx.options.validate:
             return ctx
-        data = ctx.calib if ctx.calib is not None else random_inputs(ctx.original, seed=ctx.options.seed)
+        if ctx.data is not None:
+            data, source = ctx.data, ctx.options.data
+        elif ctx.calib is not None:
+            data, source = ctx.calib, f"{ctx.options.calib} (calibration data)"
+        else:
+            data, source = random_inputs(ctx.original, seed=ctx.options.seed), "random inputs"
         ctx.report["validation"] = compare(ctx.original, ctx.result, data, ctx.options.device)
-        ctx.report["validation"]["data"] = "calibration set" if ctx.calib is not None else "random inputs"
+        ctx.report["validation"]["data"] = source
         return ctx

