@@ -70,9 +70,13 @@ def main(argv: list[str] | None = None) -> int:
 def _compress(args) -> int:
     from pathlib import Path
 
-    check_output_path(Path(args.output), args.input)
-    if args.report:
-        check_output_path(Path(args.report), args.input)
+    outputs = [Path(args.output)] + ([Path(args.report)] if args.report else [])
+    for out in outputs:
+        for source in (args.input, args.calib, args.data):  # never write over a file we read
+            if source:
+                check_output_path(out, source)
+    if args.report and outputs[0].resolve() == outputs[1].resolve():
+        raise OnnxfuseError(f"{args.report}: the report path is the output model path; choose another")
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,

@@ -27,6 +27,8 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         model = onnx.load(str(path), load_external_data=False)
     except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as exc:
         raise OnnxfuseError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    except OSError as exc:
+        raise OnnxfuseError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise OnnxfuseError(f"{path}: not an ONNX model (no graph with nodes)")
     try:
