@@ -12,6 +12,7 @@ from . import pipeline
 from .channels import Analysis
 from .data import load_npz, random_inputs
 from .errors import OnnxfuseError
+from .fusion import FusionOptions
 from .graphio import check_model, load_model
 from .metrics import count_macs, count_params
 from .normalize import import_graph, infer_shapes
@@ -24,10 +25,18 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", 
              round_to: int = 1, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
              calib: str | None = None, data: str | None = None, labels_key: str = "labels",
              validate: bool = True, device: str = "auto", seed: int = 0,
+             normalization: str = "reference", ot_p: int = 1, ot_solver: str = "emd", ot_reg: float = 0.01,
+             ot_marginals: str = "uniform",
              report_path: str | None = None, quiet: bool = False) -> tuple[onnx.ModelProto, dict]:
-    """Shrink every prunable channel group; returns the new model and a report (dict)."""
-    options = pipeline.Options(sparsity=sparsity, method=method, importance=importance, round_to=round_to,
-                               ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
+    """Shrink every prunable channel group; returns the new model and a report (dict).
+
+    method "prune" keeps the most important channels of each group; "fuse" (Intra-Fusion)
+    merges every channel into the kept ones with an optimal-transport map (see onnxfuse/fusion.py
+    for `normalization` and the `ot_*` options)."""
+    fusion = FusionOptions(normalization=normalization, p=ot_p, solver=ot_solver, reg=ot_reg,
+                           marginals=ot_marginals)
+    options = pipeline.Options(fusion=fusion, sparsity=sparsity, method=method, importance=importance,
+                               round_to=round_to, ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
                                labels_key=labels_key, validate=validate, device=device, seed=seed)
     ctx = pipeline.Context(options=options, source=_source(model))
     if quiet:
@@ -98,7 +107,9 @@ def summary(report: dict) -> str:
     pruned = sum(1 for g in groups if g["prunable"] and g.get("kept", g["width"]) < g["width"])
     frozen = sum(1 for g in groups if not g["prunable"])
     lines = [
-        f"groups: {len(groups)} ({pruned} shrunk, {frozen} frozen)",
+        f"groups: {len(groups)} ({pruned} shrunk, {frozen} frozen)" if frozen < len(groups) else
+        f"nothing to prune: all {len(groups)} channel groups are frozen (see `onnxfuse inspect`); "
+        "the output is an unchanged copy",
         f"params: {report['params_before']:,} -> {report['params_after']:,} "
         f"({_ratio(report['params_after'], report['params_before'])})",
         f"MACs:   {report['macs_before']:,} -> {report['macs_after']:,} "
@@ -123,6 +134,7 @@ def _compress_report(ctx: pipeline.Context) -> dict:
     opts = ctx.options
     report = {
         "options": {"sparsity": opts.sparsity, "method": opts.method, "importance": opts.importance,
+                    "fusion": vars(opts.fusion) if opts.method == "fuse" else None,
                     "round_to": opts.round_to, "ignore": list(opts.ignore), "fold_bn": opts.fold_bn,
                     "calib": opts.calib, "data": opts.data},
         "groups": group_rows(ctx.analysis, ctx.report["macs_before"], ctx.keep),

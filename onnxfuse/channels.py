@@ -186,6 +186,8 @@ def _build_groups(relations, widths, frozen, members) -> list[Group]:
         space_of[offsets[s]: offsets[s] + widths[s]] = i
         local_of[offsets[s]: offsets[s] + widths[s]] = np.arange(widths[s])
 
+    if total == 0:
+        return []
     labels = _atoms(relations, widths, offsets, total)
     frozen_reason = {}
     for s, reason in frozen.items():

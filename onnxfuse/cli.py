@@ -27,6 +27,12 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels removed per group")
     c.add_argument("--method", default="prune", choices=["prune", "fuse"])
     c.add_argument("--importance", default="l1")
+    c.add_argument("--normalization", default="reference", choices=["reference", "average", "rescale"],
+                   help="how fuse applies its transport map (see README)")
+    c.add_argument("--ot-p", type=int, default=1, choices=[1, 2], help="OT ground metric: L1 or L2")
+    c.add_argument("--ot-solver", default="emd", choices=["emd", "sinkhorn"])
+    c.add_argument("--ot-reg", type=float, default=0.01, help="Sinkhorn regularisation")
+    c.add_argument("--ot-marginals", default="uniform", choices=["uniform", "importance"])
     c.add_argument("--round-to", type=int, default=1, help="keep a multiple of N channels per group")
     c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
                    help="leave the output channels of matching nodes untouched (repeatable)")
@@ -80,7 +86,8 @@ def _compress(args) -> int:
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
-        labels_key=args.labels, validate=not args.no_validate,
+        labels_key=args.labels, validate=not args.no_validate, normalization=args.normalization,
+        ot_p=args.ot_p, ot_solver=args.ot_solver, ot_reg=args.ot_reg, ot_marginals=args.ot_marginals,
         device=args.device, seed=args.seed, report_path=args.report)
     save_model(model, args.output, input_path=args.input)
     print(f"wrote {args.output}", file=sys.stderr)

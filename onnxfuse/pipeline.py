@@ -18,6 +18,7 @@ from .channelmap import GroupMap
 from .channels import Analysis
 from .data import Dataset
 from .errors import OnnxfuseError
+from .fusion import FusionOptions
 
 METHODS = ("prune", "fuse")
 
@@ -36,6 +37,7 @@ class Options:
     validate: bool = True
     device: str = "auto"
     seed: int = 0
+    fusion: FusionOptions = field(default_factory=FusionOptions)
 
     def check(self) -> None:
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
@@ -44,6 +46,7 @@ class Options:
             raise OnnxfuseError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise OnnxfuseError(f"round-to must be a positive integer, got {self.round_to}")
+        self.fusion.check()
 
 
 @dataclass

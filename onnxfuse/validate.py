@@ -58,6 +58,10 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = 64) -> int:
 def compare(original: onnx.ModelProto, compressed: onnx.ModelProto, data: Dataset,
             device: str = "auto") -> dict:
     """Agreement, output error and (with labels) accuracy of both models on `data`."""
+    inputs_a = [(s.name, s.dtype) for s in input_specs(original)]
+    inputs_b = [(s.name, s.dtype) for s in input_specs(compressed)]
+    if inputs_a != inputs_b:
+        raise OnnxfuseError(f"the models have different inputs: {inputs_a} vs {inputs_b}")
     batch = batch_size_for(original)
     if len(data) % batch and batch != 64:
         keep = len(data) - len(data) % batch

@@ -10,6 +10,11 @@ class Emit:
     name = "emit"
 
     def run(self, ctx):
+        if not ctx.analysis.prunable:
+            ctx.result = ctx.original  # nothing to prune: an unchanged copy
+            ctx.report["params_after"] = ctx.report["params_before"]
+            ctx.report["macs_after"] = ctx.report["macs_before"]
+            return ctx
         ctx.graph = infer_shapes(ctx.graph, ctx.original)
         model = export_model(ctx.graph, ctx.original)
         try:

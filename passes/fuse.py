@@ -1,16 +1,20 @@
 from onnxfuse.channelmap import GroupMap, apply_maps
-from onnxfuse.errors import OnnxfuseError
+from onnxfuse.fusion import fusion_map
 
 
 class Fuse:
-    """Choose one map per group (a selection for `prune`) and apply it to every member."""
+    """Choose one map per group — a selection for `prune`, optimal transport for `fuse` — and
+    apply it to every member."""
 
     name = "fuse"
 
     def run(self, ctx):
-        if ctx.options.method != "prune":
-            raise OnnxfuseError(f"method {ctx.options.method!r} is not implemented yet; use --method prune")
+        tensors = ctx.graph.tensors()
         for group in ctx.analysis.prunable:
-            ctx.maps[group.id] = GroupMap.selection(group.width, ctx.keep[group.id])
+            kept = ctx.keep[group.id]
+            if ctx.options.method == "fuse":
+                ctx.maps[group.id] = fusion_map(group, tensors, kept, ctx.scores[group.id], ctx.options.fusion)
+            else:
+                ctx.maps[group.id] = GroupMap.selection(group.width, kept)
         apply_maps(ctx.graph, ctx.analysis, ctx.maps)
         return ctx

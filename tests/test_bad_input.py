@@ -418,8 +418,6 @@ def test_good_data_is_accepted(work, capsys):
     assert code == 0, err
 
 
-@pytest.mark.xfail(strict=True, reason="onnxruntime's ValueError for missing feeds escapes "
-                   "validate.compare/api.validate (the inputs of the two models are never compared)")
 def test_validate_models_with_different_interfaces(work, capsys):
     """Two unrelated models: a clear error, not an ONNX Runtime traceback."""
     assert_user_error(["validate", "model.onnx", "two.onnx"], capsys, work)
@@ -438,9 +436,7 @@ def test_random_inputs_need_static_shapes(work, capsys):
 
 
 @pytest.mark.parametrize("build", [
-    pytest.param(single_relu, id="relu", marks=pytest.mark.xfail(
-        strict=True, reason="IndexError in channels._build_groups: a group with an empty atom "
-                            "(graph input -> Relu -> graph output)")),
+    pytest.param(single_relu, id="relu"),
     pytest.param(single_conv, id="conv"),
 ])
 def test_model_without_prunable_group_is_copied(tmp_path, capsys, build):

@@ -1,0 +1,138 @@
+"""Intra-Fusion: choose each group's map with optimal transport instead of a selection.
+
+For a group of width n keeping the m most important channels:
+  features  every channel's producer rows and consumer columns (no biases) concatenated and
+            scaled to unit L2 norm;
+  cost      pairwise L^p distance between all n channels and the m kept ones (n × m);
+  plan      G = OT(a, b, cost), exact EMD by default (Sinkhorn optional), uniform or
+            importance-weighted marginals;
+  map       T = Gᵀ with every column normalised to 1 (each channel hands on all of its mass).
+
+How T is applied is the *normalisation*:
+  reference  T on producers and consumers, as the paper's official code (a merged producer row
+             is a sum: it carries about n/m times the weight);
+  average    producers use T with rows normalised (a merged row is the T-weighted average of its
+             sources), consumers the column-normalised T; exact when merged channels are
+             duplicates;
+  rescale    average, then every merged producer row is scaled back to the T-weighted average
+             norm of its sources, a data-free correction of the variance collapse that averaging
+             different channels causes.
+Per-channel parameters (unfolded BN, PRelu slopes, depthwise kernels) use the row-normalised T.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+import ot
+
+from .channelmap import GroupMap
+from .channels import Group
+from .errors import OnnxfuseError
+
+NORMALIZATIONS = ("reference", "average", "rescale")
+SOLVERS = ("emd", "sinkhorn")
+MARGINALS = ("uniform", "importance")
+
+
+@dataclass
+class FusionOptions:
+    normalization: str = "reference"
+    p: int = 1
+    solver: str = "emd"
+    reg: float = 0.01
+    marginals: str = "uniform"
+
+    def check(self) -> None:
+        for value, allowed, what in ((self.normalization, NORMALIZATIONS, "normalization"),
+                                     (self.solver, SOLVERS, "OT solver"),
+                                     (self.marginals, MARGINALS, "marginals"),
+                                     (self.p, (1, 2), "OT ground metric p")):
+            if value not in allowed:
+                raise OnnxfuseError(f"unknown {what} {value!r}; choose from {', '.join(map(str, allowed))}")
+        if self.solver == "sinkhorn" and not self.reg > 0:
+            raise OnnxfuseError(f"the Sinkhorn regularisation must be > 0, got {self.reg}")
+
+
+def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, scores: np.ndarray,
+               options: FusionOptions) -> GroupMap:
+    kept = np.sort(np.asarray(kept))
+    if len(kept) == group.width:
+        return GroupMap.selection(group.width, kept)
+    producer_features = member_features(group, tensors, roles=("producer",))
+    features = np.concatenate([producer_features, member_features(group, tensors, roles=("consumer", "param"))],
+                              axis=1)
+    plan = transport_plan(features, kept, scores, options)  # (n, m)
+    t = plan.T / np.maximum(plan.T.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
+    average = t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)  # rows sum to 1
+    if options.normalization == "reference":
+        return GroupMap(kept, producer=t, consumer=t, param=average)
+    producer = average
+    if options.normalization == "rescale":
+        producer = average * _norm_restoring_scale(average, producer_features)[:, None]
+    return GroupMap(kept, producer=producer, consumer=t, param=average)
+
+
+def member_features(group: Group, tensors, roles: tuple[str, ...]) -> np.ndarray:
+    """(n, d): for every channel of the group, the weights of the given roles that belong to it
+    (weight rows or columns, all positions of an expanded member), concatenated."""
+    parts = []
+    for member in group.members:
+        if member.role not in roles or not member.scored:
+            continue
+        values = np.asarray(tensors[member.tensor].values, dtype=np.float64)
+        if values.ndim < 2:
+            continue  # BN scales and biases: not part of the neuron's weight vector
+        moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1)
+        pos = group.positions[member.space]  # (n, k)
+        parts.append(moved[pos].reshape(group.width, -1))
+    if not parts:
+        return np.zeros((group.width, 0))
+    return np.concatenate(parts, axis=1)
+
+
+def transport_plan(features: np.ndarray, kept: np.ndarray, scores: np.ndarray,
+                   options: FusionOptions) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    unit = features / np.where(norms > 0, norms, 1.0)
+    cost = pairwise_cost(unit, unit[kept], options.p)
+    n, m = cost.shape
+    if options.marginals == "importance":
+        weights = np.maximum(scores, 0) + 1e-12
+        a, b = weights / weights.sum(), weights[kept] / weights[kept].sum()
+    else:
+        a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
+    if options.solver == "sinkhorn":
+        scale = cost.max() if cost.max() > 0 else 1.0
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            return ot.sinkhorn(a, b, cost / scale, options.reg, numItermax=10_000)
+    plan, log = ot.emd(a, b, cost, numItermax=max(200_000, 100 * n * m), log=True)
+    if log.get("warning"):
+        raise RuntimeError(f"exact OT did not converge on a group of width {n}: {log['warning']}")
+    return plan
+
+
+def pairwise_cost(x: np.ndarray, y: np.ndarray, p: int) -> np.ndarray:
+    """L1 (p=1) or Euclidean (p=2) distances between the rows of x and y."""
+    if p == 2:
+        sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
+        return np.sqrt(np.maximum(sq, 0))
+    try:
+        import torch  # much faster multithreaded L1 distances when it is installed
+    except ImportError:
+        return ot.dist(x, y, metric="cityblock")
+    return torch.cdist(torch.from_numpy(x), torch.from_numpy(y), p=1).numpy()
+
+
+def _norm_restoring_scale(average: np.ndarray, producer_features: np.ndarray) -> np.ndarray:
+    """Per merged channel j: (Σ_i A[j,i] ‖w_i‖) / ‖Σ_i A[j,i] w_i‖ over its producer weights."""
+    if producer_features.shape[1] == 0:
+        return np.ones(average.shape[0])
+    source_norms = np.linalg.norm(producer_features, axis=1)
+    target = average @ source_norms
+    merged = np.linalg.norm(average @ producer_features, axis=1)
+    return np.where(merged > 1e-12, target / np.maximum(merged, 1e-12), 1.0)
