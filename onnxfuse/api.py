@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import asdict
 from pathlib import Path
 
 import onnx
@@ -22,7 +23,8 @@ ModelLike = str | os.PathLike | onnx.ModelProto
 
 
 def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", importance: str = "l1",
-             round_to: int = 1, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
+             round_to: int = 1, global_ranking: bool = False, max_sparsity: float = 1.0,
+             target_macs: float | None = None, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
              calib: str | None = None, data: str | None = None, labels_key: str = "labels",
              validate: bool = True, device: str = "auto", seed: int = 0,
              normalization: str = "reference", ot_p: int = 1, ot_solver: str = "emd", ot_reg: float = 0.01,
@@ -36,7 +38,8 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", 
     fusion = FusionOptions(normalization=normalization, p=ot_p, solver=ot_solver, reg=ot_reg,
                            marginals=ot_marginals)
     options = pipeline.Options(fusion=fusion, sparsity=sparsity, method=method, importance=importance,
-                               round_to=round_to, ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
+                               round_to=round_to, global_ranking=global_ranking, max_sparsity=max_sparsity,
+                               target_macs=target_macs, ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
                                labels_key=labels_key, validate=validate, device=device, seed=seed)
     ctx = pipeline.Context(options=options, source=_source(model))
     if quiet:
@@ -132,11 +135,11 @@ def summary(report: dict) -> str:
 
 def _compress_report(ctx: pipeline.Context) -> dict:
     opts = ctx.options
+    options = asdict(opts)
+    if opts.method != "fuse":
+        del options["fusion"]
     report = {
-        "options": {"sparsity": opts.sparsity, "method": opts.method, "importance": opts.importance,
-                    "fusion": vars(opts.fusion) if opts.method == "fuse" else None,
-                    "round_to": opts.round_to, "ignore": list(opts.ignore), "fold_bn": opts.fold_bn,
-                    "calib": opts.calib, "data": opts.data},
+        "options": options,
         "groups": group_rows(ctx.analysis, ctx.report["macs_before"], ctx.keep),
     }
     report.update(ctx.report)

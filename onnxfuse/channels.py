@@ -60,6 +60,20 @@ class Analysis:
         return sum(self.node_macs.get(n, 0) for n in nodes) / total if total else 0.0
 
 
+def member_rows(group: Group, tensors: dict[str, gs.Tensor], min_ndim: int = 1,
+                roles=("producer", "consumer", "param")):
+    """(member, rows) for every scored member of `roles`: rows is (n, k, d), each channel's slice
+    of the weight at each of its k positions (k > 1 for flatten heads and channel multipliers)."""
+    for member in group.members:
+        if not member.scored or member.role not in roles:
+            continue
+        values = np.asarray(tensors[member.tensor].values, dtype=np.float64)
+        if values.ndim < min_ndim:
+            continue
+        moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1)
+        yield member, moved[group.positions[member.space]]
+
+
 def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, int] | None = None) -> Analysis:
     g = GraphView(graph)
     relations, widths = _collect_relations(g, ignore)

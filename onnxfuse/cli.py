@@ -34,6 +34,10 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ot-reg", type=float, default=0.01, help="Sinkhorn regularisation")
     c.add_argument("--ot-marginals", default="uniform", choices=["uniform", "importance"])
     c.add_argument("--round-to", type=int, default=1, help="keep a multiple of N channels per group")
+    c.add_argument("--global", dest="global_ranking", action="store_true",
+                   help="rank channels across all groups instead of the same sparsity in each")
+    c.add_argument("--max-sparsity", type=float, default=1.0, help="at most this fraction of a group goes")
+    c.add_argument("--target-macs", type=float, help="keep this fraction of the MACs (solves for the sparsity)")
     c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
                    help="leave the output channels of matching nodes untouched (repeatable)")
     c.add_argument("--keep-bn", action="store_true", help="do not fold BatchNormalization into Conv/Gemm")
@@ -85,6 +89,7 @@ def _compress(args) -> int:
         raise OnnxfuseError(f"{args.report}: the report path is the output model path; choose another")
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
+        global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
         ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
         labels_key=args.labels, validate=not args.no_validate, normalization=args.normalization,
         ot_p=args.ot_p, ot_solver=args.ot_solver, ot_reg=args.ot_reg, ot_marginals=args.ot_marginals,

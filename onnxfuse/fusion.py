@@ -30,7 +30,7 @@ import onnx_graphsurgeon as gs
 import ot
 
 from .channelmap import GroupMap
-from .channels import Group
+from .channels import Group, member_rows
 from .errors import OnnxfuseError
 
 NORMALIZATIONS = ("reference", "average", "rescale")
@@ -77,21 +77,10 @@ def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, sc
 
 
 def member_features(group: Group, tensors, roles: tuple[str, ...]) -> np.ndarray:
-    """(n, d): for every channel of the group, the weights of the given roles that belong to it
-    (weight rows or columns, all positions of an expanded member), concatenated."""
-    parts = []
-    for member in group.members:
-        if member.role not in roles or not member.scored:
-            continue
-        values = np.asarray(tensors[member.tensor].values, dtype=np.float64)
-        if values.ndim < 2:
-            continue  # BN scales and biases: not part of the neuron's weight vector
-        moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1)
-        pos = group.positions[member.space]  # (n, k)
-        parts.append(moved[pos].reshape(group.width, -1))
-    if not parts:
-        return np.zeros((group.width, 0))
-    return np.concatenate(parts, axis=1)
+    """(n, d): every channel's weight rows/columns of the given roles, concatenated (BN scales
+    and biases excluded)."""
+    parts = [rows.reshape(group.width, -1) for _, rows in member_rows(group, tensors, min_ndim=2, roles=roles)]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((group.width, 0))
 
 
 def transport_plan(features: np.ndarray, kept: np.ndarray, scores: np.ndarray,

@@ -14,10 +14,10 @@ from collections.abc import Callable
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .channels import Group
+from .channels import Group, member_rows
 from .errors import OnnxfuseError
 
-Scorer = Callable[[Group, dict[str, gs.Tensor]], np.ndarray]
+Scorer = Callable[[Group, dict[str, gs.Tensor], int], np.ndarray]
 IMPORTANCE: dict[str, Scorer] = {}
 
 
@@ -28,32 +28,69 @@ def register(name: str):
     return wrap
 
 
-def score_group(name: str, group: Group, tensors: dict[str, gs.Tensor]) -> np.ndarray:
+def score_group(name: str, group: Group, tensors: dict[str, gs.Tensor], seed: int = 0) -> np.ndarray:
     if name not in IMPORTANCE:
         raise OnnxfuseError(f"unknown importance {name!r}; choose from {', '.join(sorted(IMPORTANCE))}")
-    return IMPORTANCE[name](group, tensors)
+    return IMPORTANCE[name](group, tensors, seed)
 
 
-def magnitude(group: Group, tensors: dict[str, gs.Tensor], p: int) -> np.ndarray:
-    per_member = []
-    for member in group.members:
-        if not member.scored:
-            continue
-        values = np.abs(np.asarray(tensors[member.tensor].values, dtype=np.float64)) ** p
-        per_position = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1).sum(1)
-        per_member.append(per_position[group.positions[member.space]].sum(axis=1))
-    if not per_member:
-        return np.ones(group.width)
-    reduced = np.mean(per_member, axis=0)
-    mean = reduced.mean()
-    return reduced / mean if mean > 0 else reduced
+def magnitude(group: Group, tensors, p: int) -> np.ndarray:
+    """Σ|w|^p of every scored member, averaged over members (no normaliser)."""
+    per_member = [(np.abs(rows) ** p).sum(axis=(1, 2)) for _, rows in member_rows(group, tensors)]
+    return np.mean(per_member, axis=0) if per_member else np.ones(group.width)
 
 
 @register("l1")
-def l1(group: Group, tensors) -> np.ndarray:
-    return magnitude(group, tensors, 1)
+def l1(group: Group, tensors, seed: int = 0) -> np.ndarray:
+    return _normalise(magnitude(group, tensors, 1))
 
 
 @register("l2")
-def l2(group: Group, tensors) -> np.ndarray:
-    return magnitude(group, tensors, 2)
+def l2(group: Group, tensors, seed: int = 0) -> np.ndarray:
+    return _normalise(magnitude(group, tensors, 2))
+
+
+@register("random")
+def random(group: Group, tensors, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng([seed, group.id]).random(group.width) + 0.5
+
+
+@register("lamp")
+def lamp(group: Group, tensors, seed: int = 0) -> np.ndarray:
+    """LAMP (Lee et al., ICLR 2021) as Torch-Pruning's LAMPImportance: squared magnitude, each
+    score divided by the sum of all scores not smaller than it."""
+    scores = magnitude(group, tensors, 2)
+    order = np.argsort(scores, kind="stable")
+    tail = np.cumsum(scores[order][::-1])[::-1]  # sum of the scores from this one upwards
+    out = np.empty_like(scores)
+    out[order] = scores[order] / np.maximum(tail, 1e-300)
+    return out
+
+
+@register("bn_scale")
+def bn_scale(group: Group, tensors, seed: int = 0) -> np.ndarray:
+    """|γ| of the group's BatchNormalization layers (Network Slimming)."""
+    gammas = [np.abs(rows).sum(axis=(1, 2)) for member, rows in member_rows(group, tensors)
+              if member.role == "param" and np.asarray(tensors[member.tensor].values).ndim == 1]
+    if not gammas:
+        raise OnnxfuseError("importance bn_scale needs BatchNormalization nodes; keep them with --keep-bn "
+                            "(fold_bn=False)")
+    return _normalise(np.mean(gammas, axis=0))
+
+
+@register("fpgm")
+def fpgm(group: Group, tensors, seed: int = 0) -> np.ndarray:
+    """FPGM (He et al., CVPR 2019): a channel whose weights are close to all others (near the
+    geometric median) is redundant; importance = summed L2 distance to the other channels."""
+    per_member = []
+    for _, rows in member_rows(group, tensors, min_ndim=2):
+        flat = rows.reshape(group.width, -1)
+        sq = (flat * flat).sum(1)
+        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0))
+        per_member.append(dist.sum(1))
+    return _normalise(np.mean(per_member, axis=0)) if per_member else np.ones(group.width)
+
+
+def _normalise(scores: np.ndarray) -> np.ndarray:
+    mean = scores.mean()
+    return scores / mean if mean > 0 else scores

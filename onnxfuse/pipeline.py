@@ -29,6 +29,9 @@ class Options:
     method: str = "prune"
     importance: str = "l1"
     round_to: int = 1
+    global_ranking: bool = False
+    max_sparsity: float = 1.0
+    target_macs: float | None = None  # fraction of MACs to keep; solves for the sparsity
     ignore: tuple[str, ...] = ()
     fold_bn: bool = True
     calib: str | None = None
@@ -44,6 +47,10 @@ class Options:
             raise OnnxfuseError(f"sparsity must be in [0, 1), got {self.sparsity}")
         if self.method not in METHODS:
             raise OnnxfuseError(f"unknown method {self.method!r}; choose from {', '.join(METHODS)}")
+        if not 0.0 < self.max_sparsity <= 1.0:
+            raise OnnxfuseError(f"max-sparsity must be in (0, 1], got {self.max_sparsity}")
+        if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:
+            raise OnnxfuseError(f"target-macs must be in (0, 1], got {self.target_macs}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise OnnxfuseError(f"round-to must be a positive integer, got {self.round_to}")
         self.fusion.check()

@@ -9,5 +9,5 @@ class Score:
     def run(self, ctx):
         tensors = ctx.graph.tensors()
         for group in ctx.analysis.prunable:
-            ctx.scores[group.id] = score_group(ctx.options.importance, group, tensors)
+            ctx.scores[group.id] = score_group(ctx.options.importance, group, tensors, ctx.options.seed)
         return ctx

@@ -10,7 +10,7 @@ Runs on committed files only (no training, no full dataset needed):
 """
 from __future__ import annotations
 
-from functools import lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -46,13 +46,13 @@ def _archs() -> list[str]:
 ARCHS = _archs()
 
 
-@lru_cache(maxsize=None)
+@cache
 def _npz(path: Path):
     with np.load(path) as z:
         return {k: z[k] for k in z.files}
 
 
-@lru_cache(maxsize=None)
+@cache
 def _session(path: Path) -> ort.InferenceSession:
     so = ort.SessionOptions()
     so.intra_op_num_threads = 2
@@ -66,7 +66,7 @@ def _run(path: Path, images: np.ndarray, batch: int = 500) -> np.ndarray:
                            for i in range(0, len(images), batch)])
 
 
-@lru_cache(maxsize=None)
+@cache
 def _eval_logits(path: Path) -> np.ndarray:
     return _run(path, _npz(EVAL)["input"])
 
