@@ -12,18 +12,16 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxfuse  # noqa: E402
+from benchmarks.results import write_section  # noqa: E402
 from onnxfuse.data import load_npz  # noqa: E402
 from onnxfuse.graphio import load_model  # noqa: E402
 from onnxfuse.validate import run, session  # noqa: E402
 
 EVAL = ROOT / "models" / "data" / "fmnist_eval2000.npz"
-RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 
 
 def accuracy(model, data) -> float:
@@ -53,26 +51,15 @@ def main() -> None:
 
 
 def write(rows) -> None:
-    lines = ["## Pruning baseline (L1, every prunable group at once, no fine-tuning)", "",
-             "Produced by `python benchmarks/prune_zoo.py`; accuracy on the committed 2 000-image",
+    lines = ["Produced by `python benchmarks/prune_zoo.py`; accuracy on the committed 2 000-image",
              "Fashion-MNIST evaluation sample (`models/data/fmnist_eval2000.npz`).", "",
              "| model | sparsity | params | MACs | dense acc. | pruned acc. |",
              "|---|---|---|---|---|---|"]
     for name, sparsity, params, macs, dense, acc in rows:
         lines.append(f"| {name} | {sparsity:.1f} | {params:.3f}× | {macs:.3f}× | {100 * dense:.2f}% | "
                      f"{100 * acc:.2f}% |")
-    section = "\n".join(lines) + "\n"
-    text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n\n"
-    start = text.find("## Pruning baseline")
-    if start >= 0:
-        end = text.find("\n## ", start + 1)
-        text = text[:start] + section + (text[end + 1:] if end >= 0 else "")
-    else:
-        text = text.rstrip("\n") + "\n\n" + section
-    RESULTS.write_text(text)
-    print(f"wrote {RESULTS}")
+    write_section("Pruning baseline (L1, every prunable group at once, no fine-tuning)", "\n".join(lines))
 
 
 if __name__ == "__main__":
-    np.set_printoptions(precision=4)
     main()
