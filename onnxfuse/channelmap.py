@@ -1,10 +1,10 @@
 """The one code path that shrinks a model: apply a linear map per group to every member.
 
-A group of width n keeping m channels gets a map with three m×n matrices: `producer` (new
-channel j = Σ_i T[j, i] · old channel i, applied to weight rows, biases and additive
-constants), `consumer` (input columns: V'[:, j] = Σ_i T[j, i] · V[:, i]) and `param` (per-channel
+A group of width n keeping m channels gets a map with m×n matrices: `producer` (new channel
+j = Σ_i T[j, i] · old channel i, applied to weight rows), `shift` (biases and added constants;
+the producer matrix unless a method says otherwise), `consumer` (input columns: V'[:, j] = Σ_i T[j, i] · V[:, i]) and `param` (per-channel
 factors such as BN scales or depthwise kernels). Plain pruning is the same map with a row
-selector in all three. New channel j sits where the group's `kept[j]` channel was, so every
+selector in all of them. New channel j sits where the group's `kept[j]` channel was, so every
 space keeps its surviving channels in their original order.
 """
 
@@ -27,6 +27,7 @@ class GroupMap:
     producer: np.ndarray  # (m, n)
     consumer: np.ndarray  # (m, n)
     param: np.ndarray  # (m, n)
+    shift: np.ndarray | None = None  # (m, n) for biases and added constants; default: producer
 
     @classmethod
     def selection(cls, width: int, kept) -> GroupMap:
@@ -36,6 +37,8 @@ class GroupMap:
         return cls(kept, select, select, select)
 
     def matrix(self, role: str) -> np.ndarray:
+        if role == "shift":
+            return self.producer if self.shift is None else self.shift
         return {"producer": self.producer, "consumer": self.consumer, "param": self.param}[role]
 
 
@@ -131,4 +134,4 @@ def _apply_along(values: np.ndarray, axis: int, matrix: csr_matrix) -> np.ndarra
 
 def _is_identity(gmap: GroupMap, width: int) -> bool:
     return len(gmap.kept) == width and all(
-        np.array_equal(gmap.matrix(r), np.eye(width)) for r in ("producer", "consumer", "param"))
+        np.array_equal(gmap.matrix(r), np.eye(width)) for r in ("producer", "shift", "consumer", "param"))

@@ -16,7 +16,8 @@ How T is applied is the *normalisation*:
              duplicates;
   rescale    average, then every merged producer row is scaled back to the T-weighted average
              norm of its sources, a data-free correction of the variance collapse that averaging
-             different channels causes.
+             different channels causes; biases stay averaged, so only the part of the channel
+             that varies with the input is scaled and its mean is kept.
 Per-channel parameters (unfolded BN, PRelu slopes, depthwise kernels) use the row-normalised T.
 """
 
@@ -70,10 +71,10 @@ def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, sc
     average = t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)  # rows sum to 1
     if options.normalization == "reference":
         return GroupMap(kept, producer=t, consumer=t, param=average)
-    producer = average
     if options.normalization == "rescale":
         producer = average * _norm_restoring_scale(average, producer_features)[:, None]
-    return GroupMap(kept, producer=producer, consumer=t, param=average)
+        return GroupMap(kept, producer=producer, consumer=t, param=average, shift=average)
+    return GroupMap(kept, producer=average, consumer=t, param=average)
 
 
 def member_features(group: Group, tensors, roles: tuple[str, ...]) -> np.ndarray:

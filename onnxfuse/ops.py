@@ -9,9 +9,10 @@ that axis relates to the axes of the node's other tensors. A rule answers with r
 - `Expand(channel, flat, index)`: channel c of `channel` is the features `index[c, :]` of `flat`
   (Flatten/Reshape of C×H×W into one axis, depthwise convs with a channel multiplier).
 - `Member(space, tensor, axis, role)`: a constant whose `axis` runs over the space and must be
-  rewritten when the space shrinks. Roles: `producer` (values that are linear in the channel:
-  weight rows, biases, BN mean/shift, additive constants), `consumer` (input columns) and
-  `param` (per-channel multiplicative factors: BN scale/var, PRelu slopes, depthwise kernels).
+  rewritten when the space shrinks. Roles: `producer` (weight rows that write the channel),
+  `shift` (values added to the channel: biases, BN mean and shift, additive constants),
+  `consumer` (input columns) and `param` (per-channel multiplicative factors: BN scale/var,
+  PRelu slopes, depthwise kernels).
   `scored` members count in magnitude importance (the Torch-Pruning definition: weights and BN
   scales, no biases).
 - `Freeze(space, reason)`: the space must keep all its channels.
@@ -61,7 +62,7 @@ class Member:
     space: Space
     tensor: str
     axis: int
-    role: str  # producer | consumer | param
+    role: str  # producer | shift | consumer | param
     node: str
     scored: bool = False
 
@@ -176,7 +177,7 @@ def broadcast(node, tensor, axis, g: GraphView):
         if dim != width or not isinstance(width, int):
             return [Freeze((tensor.name, axis), f"cannot match broadcast shapes at {node_label(node)}")]
         if isinstance(x, gs.Constant):
-            role = "producer" if node.op in ADDITIVE else "param"
+            role = "shift" if node.op in ADDITIVE else "param"
             relations.append(Member((y.name, out_axis), x.name, in_axis, role, node_label(node)))
         else:
             relations.append(Couple((x.name, in_axis), (y.name, out_axis)))
@@ -213,7 +214,7 @@ def batchnorm(node, tensor, axis, g: GraphView):
     if not all(isinstance(p, gs.Constant) for p in params):
         return [Freeze((tensor.name, axis), f"{node.op} with computed parameters ({node_label(node)})")]
     # BatchNormalization inputs: X, scale, B, mean, var; InstanceNormalization: X, scale, B.
-    roles = [("param", True), ("producer", False), ("producer", False), ("param", False)]
+    roles = [("param", True), ("shift", False), ("shift", False), ("param", False)]
     for p, (role, scored) in zip(params, roles):
         relations.append(Member((x.name, 1), p.name, 0, role, node_label(node), scored))
     return relations
@@ -515,7 +516,7 @@ def conv(node, tensor, axis, g: GraphView):
     c_out = g.dim(y, 1)
     out_axis, in_axis = (1, 0) if transposed else (0, 1)
     if groups == 1:
-        bias = [Member((y.name, 1), b.name, 0, "producer", label)] if b is not None else []
+        bias = [Member((y.name, 1), b.name, 0, "shift", label)] if b is not None else []
         if tensor is y:
             return [Member((y.name, 1), w.name, out_axis, "producer", label, True)] + bias
         return [Member((x.name, 1), w.name, in_axis, "consumer", label, True)]
@@ -536,7 +537,7 @@ def _depthwise(x, w, y, b, c_in, multiplier, label):
         relations.append(Expand((x.name, 1), (y.name, 1), index))
     relations.append(Member((y.name, 1), w.name, 0, "param", label, True))
     if b is not None:
-        relations.append(Member((y.name, 1), b.name, 0, "producer", label))
+        relations.append(Member((y.name, 1), b.name, 0, "shift", label))
     relations.append(Fixup(label, "group", _fix_group))
     return relations
 
@@ -566,7 +567,7 @@ def gemm(node, tensor, axis, g: GraphView):
         rank = g.rank(c)
         if g.dim(c, -1) not in (1, None) and rank is not None:
             if isinstance(c, gs.Constant):
-                relations.append(Member((y.name, 1), c.name, rank - 1, "producer", label))
+                relations.append(Member((y.name, 1), c.name, rank - 1, "shift", label))
             else:
                 relations.append(Couple((c.name, rank - 1), (y.name, 1)))
     return relations

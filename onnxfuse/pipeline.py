@@ -33,6 +33,7 @@ class Options:
     max_sparsity: float = 1.0
     target_macs: float | None = None  # fraction of MACs to keep; solves for the sparsity
     ignore: tuple[str, ...] = ()
+    only_groups: tuple[int, ...] | None = None  # shrink only these group ids (one-group studies)
     fold_bn: bool = True
     calib: str | None = None
     data: str | None = None  # validation data; default: calib, else random inputs

@@ -11,6 +11,8 @@ class Fuse:
     def run(self, ctx):
         tensors = ctx.graph.tensors()
         for group in ctx.analysis.prunable:
+            if group.id not in ctx.keep:
+                continue
             kept = ctx.keep[group.id]
             if ctx.options.method == "fuse":
                 ctx.maps[group.id] = fusion_map(group, tensors, kept, ctx.scores[group.id], ctx.options.fusion)

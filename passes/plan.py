@@ -10,6 +10,8 @@ class Plan:
     def run(self, ctx):
         opts = ctx.options
         groups = ctx.analysis.prunable
+        if opts.only_groups is not None:
+            groups = [g for g in groups if g.id in opts.only_groups]
         if opts.target_macs is not None:
             sparsity, counts = solve_sparsity_for_macs(ctx.analysis, ctx.scores, opts.target_macs, opts.round_to,
                                                        opts.global_ranking, opts.max_sparsity)
