@@ -1,11 +1,12 @@
 """The one code path that shrinks a model: apply a linear map per group to every member.
 
-A group of width n keeping m channels gets a map with m×n matrices: `producer` (new channel
-j = Σ_i T[j, i] · old channel i, applied to weight rows), `shift` (biases and added constants;
-the producer matrix unless a method says otherwise), `consumer` (input columns: V'[:, j] = Σ_i T[j, i] · V[:, i]) and `param` (per-channel
-factors such as BN scales or depthwise kernels). Plain pruning is the same map with a row
-selector in all of them. New channel j sits where the group's `kept[j]` channel was, so every
-space keeps its surviving channels in their original order.
+A group of width n keeping m channels gets a map with m×n matrices:
+  producer  weight rows: new channel j = Σ_i T[j, i] · old channel i;
+  shift     biases and added constants (the producer matrix unless a method says otherwise);
+  consumer  input columns: V'[:, j] = Σ_i T[j, i] · V[:, i];
+  param     per-channel factors such as BN scales or depthwise kernels.
+Plain pruning is the same map with a row selector in all of them. New channel j sits where the
+group's `kept[j]` channel was, so every space keeps its surviving channels in their original order.
 """
 
 from __future__ import annotations
