@@ -25,7 +25,7 @@ ModelLike = str | os.PathLike | onnx.ModelProto
 def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", importance: str = "l1",
              round_to: int = 1, global_ranking: bool = False, max_sparsity: float = 1.0,
              target_macs: float | None = None, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
-             calib: str | None = None, data: str | None = None, labels_key: str = "labels",
+             calib: str | None = None, data: str | None = None, labels_key: str = "labels", repair: str = "auto",
              validate: bool = True, device: str = "auto", seed: int = 0,
              normalization: str = "reference", ot_p: int = 1, ot_solver: str = "emd", ot_reg: float = 0.01,
              ot_marginals: str = "uniform",
@@ -40,7 +40,7 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", 
     options = pipeline.Options(fusion=fusion, sparsity=sparsity, method=method, importance=importance,
                                round_to=round_to, global_ranking=global_ranking, max_sparsity=max_sparsity,
                                target_macs=target_macs, ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
-                               labels_key=labels_key, validate=validate, device=device, seed=seed)
+                               labels_key=labels_key, repair=repair, validate=validate, device=device, seed=seed)
     ctx = pipeline.Context(options=options, source=_source(model))
     if quiet:
         ctx.log = lambda msg: None

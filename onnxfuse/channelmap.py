@@ -74,6 +74,11 @@ class SpaceMaps:
         """Number of surviving channels before `old_position` (where a slice now starts)."""
         return int(self.keep_mask(space)[:old_position].sum())
 
+    def slot_positions(self, group: Group, space: Space) -> np.ndarray:
+        """(m, k): where the group's new channels sit in the shrunk tensor of `space`."""
+        new_pos = np.cumsum(self.keep_mask(space)) - 1
+        return new_pos[group.positions[space][self.maps[group.id].kept]]
+
     def matrix(self, space: Space, role: str) -> csr_matrix:
         width = self.analysis.widths[space]
         mask = self.keep_mask(space)

@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="leave the output channels of matching nodes untouched (repeatable)")
     c.add_argument("--keep-bn", action="store_true", help="do not fold BatchNormalization into Conv/Gemm")
     c.add_argument("--calib", help="calibration data (.npz, one array per input, optional labels)")
+    c.add_argument("--repair", default="auto", choices=["auto", "none", "stats"],
+                   help="statistics repair with the calibration data (auto: stats when --calib is given)")
     c.add_argument("--data", help="validation data (.npz); default: the calibration data, else random inputs")
     c.add_argument("--labels", default="labels", help="key of the labels array in the .npz files")
     c.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime comparison")
@@ -91,7 +93,7 @@ def _compress(args) -> int:
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
         ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
-        labels_key=args.labels, validate=not args.no_validate, normalization=args.normalization,
+        labels_key=args.labels, repair=args.repair, validate=not args.no_validate, normalization=args.normalization,
         ot_p=args.ot_p, ot_solver=args.ot_solver, ot_reg=args.ot_reg, ot_marginals=args.ot_marginals,
         device=args.device, seed=args.seed, report_path=args.report)
     save_model(model, args.output, input_path=args.input)

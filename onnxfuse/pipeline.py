@@ -1,6 +1,6 @@
 """The compression pipeline, in order. Each pass reads and extends one Context.
 
-    load ─► normalize ─► analyze ─► score ─► plan ─► fuse ─► emit ─► validate
+    load ─► normalize ─► analyze ─► score ─► plan ─► fuse ─► repair ─► emit ─► validate
 """
 
 from __future__ import annotations
@@ -14,13 +14,14 @@ import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
 
-from .channelmap import GroupMap
+from .channelmap import GroupMap, SpaceMaps
 from .channels import Analysis
 from .data import Dataset
 from .errors import OnnxfuseError
 from .fusion import FusionOptions
 
 METHODS = ("prune", "fuse")
+REPAIRS = ("auto", "none", "stats")
 
 
 @dataclass
@@ -42,6 +43,7 @@ class Options:
     device: str = "auto"
     seed: int = 0
     fusion: FusionOptions = field(default_factory=FusionOptions)
+    repair: str = "auto"  # stats when calibration data is given, else none
 
     def check(self) -> None:
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
@@ -55,6 +57,16 @@ class Options:
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise OnnxfuseError(f"round-to must be a positive integer, got {self.round_to}")
         self.fusion.check()
+        if self.repair not in REPAIRS:
+            raise OnnxfuseError(f"unknown repair {self.repair!r}; choose from {', '.join(REPAIRS)}")
+        if self.repair == "stats" and not self.calib:
+            raise OnnxfuseError("repair stats needs calibration data (--calib)")
+
+    @property
+    def effective_repair(self) -> str:
+        if self.repair == "auto":
+            return "stats" if self.calib else "none"
+        return self.repair
 
 
 @dataclass
@@ -69,16 +81,18 @@ class Context:
     scores: dict[int, np.ndarray] = field(default_factory=dict)
     keep: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> kept channel indices
     maps: dict[int, GroupMap] = field(default_factory=dict)
+    space_maps: SpaceMaps | None = None
+    before_fuse: onnx.ModelProto | None = None  # the normalised model, kept when repair needs it
     result: onnx.ModelProto | None = None
     report: dict = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
 
 
 def passes() -> list:
-    from onnxfuse.passes import analyze, emit, fuse, load, normalize, plan, score, validate
+    from onnxfuse.passes import analyze, emit, fuse, load, normalize, plan, repair, score, validate
 
     return [load.Load(), normalize.Normalize(), analyze.Analyze(), score.Score(), plan.Plan(),
-            fuse.Fuse(), emit.Emit(), validate.Validate()]
+            fuse.Fuse(), repair.Repair(), emit.Emit(), validate.Validate()]
 
 
 def run(ctx: Context, stop_after: str | None = None) -> Context:

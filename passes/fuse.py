@@ -1,5 +1,6 @@
 from onnxfuse.channelmap import GroupMap, apply_maps
 from onnxfuse.fusion import fusion_map
+from onnxfuse.repair import runnable
 
 
 class Fuse:
@@ -18,5 +19,7 @@ class Fuse:
                 ctx.maps[group.id] = fusion_map(group, tensors, kept, ctx.scores[group.id], ctx.options.fusion)
             else:
                 ctx.maps[group.id] = GroupMap.selection(group.width, kept)
-        apply_maps(ctx.graph, ctx.analysis, ctx.maps)
+        if ctx.options.effective_repair != "none":
+            ctx.before_fuse = runnable(ctx.graph, ctx.original)
+        ctx.space_maps = apply_maps(ctx.graph, ctx.analysis, ctx.maps)
         return ctx
