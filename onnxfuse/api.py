@@ -1,4 +1,4 @@
-"""Public API: compress, inspect, validate."""
+"""Public API: compress, inspect, validate, make_calibration."""
 
 from __future__ import annotations
 
@@ -11,10 +11,11 @@ import onnx
 
 from . import pipeline
 from .channels import Analysis
-from .data import load_npz, random_inputs
+from .data import Dataset, load_calibration, load_npz, random_inputs, save_npz
 from .errors import OnnxfuseError
 from .fusion import FusionOptions
-from .graphio import check_model, load_model
+from .graphio import check_model, check_output_path, load_model
+from .images import Preprocess
 from .metrics import count_macs, count_params
 from .normalize import import_graph, infer_shapes
 from .validate import compare
@@ -25,21 +26,24 @@ ModelLike = str | os.PathLike | onnx.ModelProto
 def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", importance: str = "l1",
              round_to: int = 1, global_ranking: bool = False, max_sparsity: float = 1.0,
              target_macs: float | None = None, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
-             calib: str | None = None, data: str | None = None, labels_key: str = "labels", repair: str = "auto",
+             calib: str | None = None, calib_samples: int = 256, preprocess: Preprocess | None = None,
+             data: str | None = None, labels_key: str = "labels", repair: str = "auto",
              validate: bool = True, device: str = "auto", seed: int = 0,
              normalization: str = "reference", ot_p: int = 1, ot_solver: str = "emd", ot_reg: float = 0.01,
-             ot_marginals: str = "uniform",
+             ot_marginals: str = "uniform", ot_features: str = "weights",
              report_path: str | None = None, quiet: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Shrink every prunable channel group; returns the new model and a report (dict).
 
     method "prune" keeps the most important channels of each group; "fuse" (Intra-Fusion)
     merges every channel into the kept ones with an optimal-transport map (see onnxfuse/fusion.py
-    for `normalization` and the `ot_*` options)."""
+    for `normalization` and the `ot_*` options). `calib` is an .npz file or a folder of images (read with
+    `preprocess`); at most `calib_samples` of it are used, drawn with `seed`."""
     fusion = FusionOptions(normalization=normalization, p=ot_p, solver=ot_solver, reg=ot_reg,
-                           marginals=ot_marginals)
+                           marginals=ot_marginals, features=ot_features)
     options = pipeline.Options(fusion=fusion, sparsity=sparsity, method=method, importance=importance,
                                round_to=round_to, global_ranking=global_ranking, max_sparsity=max_sparsity,
                                target_macs=target_macs, ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
+                               calib_samples=calib_samples, preprocess=preprocess or Preprocess(),
                                labels_key=labels_key, repair=repair, validate=validate, device=device, seed=seed)
     ctx = pipeline.Context(options=options, source=_source(model))
     if quiet:
@@ -74,6 +78,23 @@ def validate(original: ModelLike, compressed: ModelLike, *, data: str | None = N
         report[f"params_{name}"] = count_params(graph)
         report[f"macs_{name}"] = count_macs(graph)
     return report
+
+
+def make_calibration(images: str | os.PathLike, model: ModelLike, output: str | os.PathLike | None = None, *,
+                     samples: int = 256, seed: int = 0, preprocess: Preprocess | None = None,
+                     log=None) -> Dataset:
+    """Calibration data from a folder of images for `model`'s one image input (at most `samples`, drawn
+    with `seed`); written atomically as an .npz keyed by the input name when `output` is given."""
+    folder = Path(images)
+    if not folder.is_dir():
+        raise OnnxfuseError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    sources = (folder,) + ((model,) if isinstance(model, (str, os.PathLike)) else ())
+    for source in sources if output is not None else ():  # fail before reading any image
+        check_output_path(Path(output), source)
+    data = load_calibration(folder, _load(model), samples, seed, preprocess, log=log)
+    if output is not None:
+        save_npz(data, output, sources)
+    return data
 
 
 def group_rows(analysis: Analysis, total_macs: int, keep: dict | None = None) -> list[dict]:

@@ -20,6 +20,7 @@ class ChannelStats:
     count: int
     mean: np.ndarray  # (channels,)
     var: np.ndarray  # (channels,)
+    abs_mean: np.ndarray  # (channels,)
 
     @property
     def std(self) -> np.ndarray:
@@ -42,7 +43,7 @@ def channel_stats(model: onnx.ModelProto, data: Dataset, tensors: dict[str, int]
     """Mean and variance of every channel of each tensor (name → channel axis) over all other axes."""
     names = list(tensors)
     sess = session(with_outputs(model, names), device)
-    acc = {name: [0, 0.0, 0.0] for name in names}
+    acc = {name: [0, 0.0, 0.0, 0.0] for name in names}
     batches = list(range(0, len(data), batch_size))
     for step, feeds in enumerate(data.batches(batch_size)):
         outputs = sess.run(names, feeds)
@@ -52,12 +53,35 @@ def channel_stats(model: onnx.ModelProto, data: Dataset, tensors: dict[str, int]
             a[0] += moved.shape[1]
             a[1] = a[1] + moved.sum(1)
             a[2] = a[2] + (moved * moved).sum(1)
+            a[3] = a[3] + np.abs(moved).sum(1)
         progress(label, step + 1, len(batches))
     stats = {}
-    for name, (count, total, squares) in acc.items():
+    for name, (count, total, squares, absolute) in acc.items():
         mean = total / count
-        stats[name] = ChannelStats(count, mean, squares / count - mean * mean)
+        stats[name] = ChannelStats(count, mean, squares / count - mean * mean, absolute / count)
     return stats
+
+
+def sampled_activations(model: onnx.ModelProto, data: Dataset, tensors: dict[str, int], positions: int = 8,
+                        batch_size: int = 64, seed: int = 0, device: str = "cpu") -> dict[str, np.ndarray]:
+    """(channels, samples · positions) activations of each tensor: for every input, `positions`
+    random spatial positions (all of them for tensors without spatial axes), the same for every
+    channel, so columns are comparable across channels."""
+    names = list(tensors)
+    sess = session(with_outputs(model, names), device)
+    rng = np.random.default_rng(seed)
+    parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+    total = -(-len(data) // batch_size)
+    for step, feeds in enumerate(data.batches(batch_size)):
+        for name, value in zip(names, sess.run(names, feeds)):
+            moved = np.moveaxis(value, tensors[name], 1)  # (N, C, ...)
+            flat = moved.reshape(moved.shape[0], moved.shape[1], -1)  # (N, C, P)
+            if flat.shape[2] > positions:
+                idx = rng.integers(0, flat.shape[2], size=(flat.shape[0], 1, positions))
+                flat = np.take_along_axis(flat, np.broadcast_to(idx, (flat.shape[0], flat.shape[1], positions)), 2)
+            parts[name].append(np.moveaxis(flat, 1, 0).reshape(flat.shape[1], -1).astype(np.float32))
+        progress("activations", step + 1, total)
+    return {name: np.concatenate(p, axis=1) for name, p in parts.items()}
 
 
 def progress(label: str, done: int, total: int) -> None:
@@ -70,3 +94,13 @@ def progress(label: str, done: int, total: int) -> None:
     if done >= total:
         sys.stderr.write("\n")
     sys.stderr.flush()
+
+
+def activation_space(group) -> tuple[str, int]:
+    """Where a group's channels are read: a consumer's input (each channel at one position),
+    else what a producer writes."""
+    for role in ("consumer", "producer"):
+        for member in group.members:
+            if member.role == role and member.scored and group.positions[member.space].shape[1] == 1:
+                return member.space
+    return next(iter(group.positions))

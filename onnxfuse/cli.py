@@ -1,4 +1,4 @@
-"""Command line: onnxfuse compress | inspect | validate."""
+"""Command line: onnxfuse compress | inspect | validate | calib make."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import sys
 from . import api
 from .errors import OnnxfuseError
 from .graphio import check_output_path, save_model
+from .images import Preprocess
 
 
 class _Parser(argparse.ArgumentParser):
@@ -33,6 +34,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ot-solver", default="emd", choices=["emd", "sinkhorn"])
     c.add_argument("--ot-reg", type=float, default=0.01, help="Sinkhorn regularisation")
     c.add_argument("--ot-marginals", default="uniform", choices=["uniform", "importance"])
+    c.add_argument("--ot-features", default="weights", choices=["weights", "activations", "both"],
+                   help="OT cost from weights, calibration activations (needs --calib) or both")
     c.add_argument("--round-to", type=int, default=1, help="keep a multiple of N channels per group")
     c.add_argument("--global", dest="global_ranking", action="store_true",
                    help="rank channels across all groups instead of the same sparsity in each")
@@ -41,7 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
                    help="leave the output channels of matching nodes untouched (repeatable)")
     c.add_argument("--keep-bn", action="store_true", help="do not fold BatchNormalization into Conv/Gemm")
-    c.add_argument("--calib", help="calibration data (.npz, one array per input, optional labels)")
+    c.add_argument("--calib", help="calibration data: .npz (one array per input, optional labels) or a folder "
+                   "of images (see the preprocessing options)")
+    _add_calib_options(c)
     c.add_argument("--repair", default="auto", choices=["auto", "none", "stats"],
                    help="statistics repair with the calibration data (auto: stats when --calib is given)")
     c.add_argument("--data", help="validation data (.npz); default: the calibration data, else random inputs")
@@ -64,7 +69,78 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--labels", default="labels")
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     v.add_argument("--json", action="store_true")
+
+    k = sub.add_parser("calib", help="calibration data tools")
+    ksub = k.add_subparsers(dest="calib_command", metavar="{make}", required=True, parser_class=_Parser)
+    m = ksub.add_parser("make", help="build a calibration .npz from a folder of images")
+    m.add_argument("images", metavar="IMAGES_DIR")
+    m.add_argument("-o", "--output", required=True)
+    m.add_argument("--model", required=True, help="the model the data is for (input name, shape, dtype)")
+    m.add_argument("--seed", type=int, default=0)
+    _add_calib_options(m)
     return parser
+
+
+def _add_calib_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--calib-samples", type=_positive_int, default=256, metavar="N",
+                   help="use at most N calibration samples, drawn with --seed when there are more (default 256)")
+    g = p.add_argument_group("preprocessing of a folder of images")
+    g.add_argument("--preprocess-size", type=_size, metavar="H,W", help="resize to H,W (default: the model's H,W)")
+    g.add_argument("--scale", type=_scale, default=1.0,
+                   help="multiply the 0..255 pixel values, e.g. 1/255 (default 1: raw values)")
+    g.add_argument("--mean", type=_floats, metavar="M[,M,M]", help="per-channel mean subtracted after --scale")
+    g.add_argument("--std", type=_floats, metavar="S[,S,S]", help="per-channel std divided by after --mean")
+    g.add_argument("--layout", type=str.upper, choices=["NCHW", "NHWC"],
+                   help="default: NCHW when the model input's dim 1 is 1 or 3, else NHWC")
+    g.add_argument("--color", type=_color, choices=["grey", "rgb"],
+                   help="default: grey for 1 channel, rgb for 3")
+
+
+def _preprocess(args) -> Preprocess:
+    return Preprocess(size=args.preprocess_size, scale=args.scale, mean=args.mean, std=args.std,
+                      layout=args.layout, color=args.color)
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
+
+
+def _size(text: str) -> tuple[int, int]:
+    parts = text.replace("x", ",").split(",")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(f"expected H,W (two positive integers), got {text!r}")
+    return int(parts[0]), int(parts[1])
+
+
+def _scale(text: str) -> float:
+    try:
+        num, _, den = text.partition("/")
+        value = float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        value = float("nan")
+    if not 0 < value < float("inf"):
+        raise argparse.ArgumentTypeError(f"expected a positive number such as 1/255 or 0.5, got {text!r}")
+    return value
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+    if len(values) not in (1, 3) or not all(abs(v) < float("inf") for v in values):
+        raise argparse.ArgumentTypeError(f"expected 1 or 3 finite numbers, got {text!r}")
+    return values
+
+
+def _color(text: str) -> str:
+    return {"gray": "grey", "greyscale": "grey", "grayscale": "grey", "l": "grey"}.get(text.lower(), text.lower())
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -93,8 +169,10 @@ def _compress(args) -> int:
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
         ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
+        calib_samples=args.calib_samples, preprocess=_preprocess(args),
         labels_key=args.labels, repair=args.repair, validate=not args.no_validate, normalization=args.normalization,
         ot_p=args.ot_p, ot_solver=args.ot_solver, ot_reg=args.ot_reg, ot_marginals=args.ot_marginals,
+        ot_features=args.ot_features,
         device=args.device, seed=args.seed, report_path=args.report)
     save_model(model, args.output, input_path=args.input)
     print(f"wrote {args.output}", file=sys.stderr)
@@ -121,6 +199,14 @@ def _validate(args) -> int:
     return 0
 
 
+def _calib(args) -> int:  # calib make
+    data = api.make_calibration(args.images, args.model, args.output, samples=args.calib_samples, seed=args.seed,
+                                preprocess=_preprocess(args))
+    (name, array), = data.feeds.items()
+    print(f"wrote {args.output}: {len(array)} samples, {name!r} {array.dtype} {tuple(array.shape)}", file=sys.stderr)
+    return 0
+
+
 def _validation_text(r: dict) -> str:
     lines = [f"provider: {r['provider']}, {r['samples']} samples from {r['data']}",
              f"params: {r['params_before']:,} -> {r['params_after']:,}",
@@ -135,7 +221,7 @@ def _validation_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate}
+COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "calib": _calib}
 
 if __name__ == "__main__":
     sys.exit(main())

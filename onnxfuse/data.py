@@ -1,8 +1,13 @@
-"""Input data for calibration and validation: `.npz` files checked against the model's inputs."""
+"""Input data for calibration and validation: `.npz` files checked against the model's inputs, or
+(calibration) a folder of images (onnxfuse/images.py)."""
 
 from __future__ import annotations
 
+import os
+import sys
+import tempfile
 import zipfile
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -10,7 +15,9 @@ import numpy as np
 import onnx
 from onnx import helper
 
+from . import images
 from .errors import OnnxfuseError
+from .graphio import check_output_path
 
 
 @dataclass
@@ -76,6 +83,71 @@ def load_npz(path: str | Path, model: onnx.ModelProto, labels_key: str = "labels
     if labels is not None:
         labels = _check_labels(path, labels, sizes.pop())
     return Dataset(feeds, labels)
+
+
+def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, samples: int = 256, seed: int = 0,
+                     preprocess: images.Preprocess | None = None, labels_key: str = "labels",
+                     log: Callable[[str], None] | None = None) -> Dataset:
+    """Calibration data from an `.npz` file or a folder of images: at most `samples` samples, drawn
+    with `seed` without replacement when the source has more (kept in source order)."""
+    path, log = Path(path), log or _stderr
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise OnnxfuseError(f"calib-samples must be a positive integer, got {samples}")
+    if path.is_dir():
+        return load_image_folder(path, model, samples, seed, preprocess, log)
+    if preprocess is not None and not preprocess.is_default:
+        log(f"warning: {path}: preprocessing options apply to image folders only; ignored for a data file")
+    data = load_npz(path, model, labels_key)
+    keep = pick(len(data), samples, seed)
+    if len(keep) == len(data):
+        return data
+    return Dataset({k: v[keep] for k, v in data.feeds.items()}, None if data.labels is None else data.labels[keep])
+
+
+def load_image_folder(folder: Path, model: onnx.ModelProto, samples: int = 256, seed: int = 0,
+                      preprocess: images.Preprocess | None = None,
+                      log: Callable[[str], None] | None = None) -> Dataset:
+    """A folder of images as the input of a single-image-input model (see onnxfuse/images.py)."""
+    specs = input_specs(model)
+    if len(specs) != 1:
+        raise OnnxfuseError(f"{folder}: an image folder feeds a model with one image input; this model has "
+                            f"{len(specs)} inputs ({', '.join(s.name for s in specs)})")
+    spec = specs[0]
+    plan = images.resolve(preprocess or images.Preprocess(), spec.shape, spec.dtype, f"model input {spec.name!r}")
+    paths = images.list_images(folder, log or _stderr)
+    chosen = [paths[i] for i in pick(len(paths), samples, seed)]
+    return Dataset({spec.name: images.load_images(chosen, plan)})
+
+
+def pick(n: int, samples: int, seed: int) -> np.ndarray:
+    """`samples` of `n` indices drawn with `seed` without replacement, sorted; all of them when n <= samples."""
+    if n <= samples:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=samples, replace=False))
+
+
+def save_npz(data: Dataset, path: str | os.PathLike, sources: tuple = (), labels_key: str = "labels") -> None:
+    """Write `data` as an `.npz` in the CLI contract, atomically (temp file in the same folder, then
+    rename); never over one of `sources`."""
+    path = Path(path)
+    for source in sources or (None,):
+        check_output_path(path, source)
+    arrays = dict(data.feeds)
+    if data.labels is not None:
+        arrays[labels_key] = data.labels
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:  # a file object: numpy appends no ".npz" to the name
+            np.savez(f, **arrays)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr)
 
 
 def _conform(path: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:

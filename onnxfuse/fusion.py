@@ -2,7 +2,8 @@
 
 For a group of width n keeping the m most important channels:
   features  every channel's producer rows and consumer columns (no biases) concatenated and
-            scaled to unit L2 norm;
+            scaled to unit L2 norm; or, with calibration data, the channel's activations on
+            sampled inputs and positions (or both, each part unit-normalised);
   cost      pairwise L^p distance between all n channels and the m kept ones (n × m);
   plan      G = OT(a, b, cost), exact EMD by default (Sinkhorn optional), uniform or
             importance-weighted marginals;
@@ -35,6 +36,7 @@ from .channels import Group, member_rows
 from .errors import OnnxfuseError
 
 NORMALIZATIONS = ("reference", "average", "rescale")
+FEATURES = ("weights", "activations", "both")
 SOLVERS = ("emd", "sinkhorn")
 MARGINALS = ("uniform", "importance")
 
@@ -46,9 +48,11 @@ class FusionOptions:
     solver: str = "emd"
     reg: float = 0.01
     marginals: str = "uniform"
+    features: str = "weights"  # the OT cost from weights, calibration activations, or both
 
     def check(self) -> None:
         for value, allowed, what in ((self.normalization, NORMALIZATIONS, "normalization"),
+                                     (self.features, FEATURES, "OT features"),
                                      (self.solver, SOLVERS, "OT solver"),
                                      (self.marginals, MARGINALS, "marginals"),
                                      (self.p, (1, 2), "OT ground metric p")):
@@ -59,13 +63,22 @@ class FusionOptions:
 
 
 def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, scores: np.ndarray,
-               options: FusionOptions) -> GroupMap:
+               options: FusionOptions, activations: np.ndarray | None = None) -> GroupMap:
+    """`activations`: (width, samples) calibration activations of the group's channels."""
     kept = np.sort(np.asarray(kept))
     if len(kept) == group.width:
         return GroupMap.selection(group.width, kept)
     producer_features = member_features(group, tensors, roles=("producer",))
-    features = np.concatenate([producer_features, member_features(group, tensors, roles=("consumer", "param"))],
-                              axis=1)
+    weights = np.concatenate([producer_features, member_features(group, tensors, roles=("consumer", "param"))],
+                             axis=1)
+    if options.features == "weights":
+        features = weights
+    elif activations is None:
+        raise OnnxfuseError(f"OT features {options.features!r} need calibration data (--calib)")
+    elif options.features == "activations":
+        features = activations
+    else:
+        features = np.concatenate([_unit_rows(weights), _unit_rows(activations)], axis=1)
     plan = transport_plan(features, kept, scores, options)  # (n, m)
     t = plan.T / np.maximum(plan.T.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
     average = t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)  # rows sum to 1
@@ -84,10 +97,14 @@ def member_features(group: Group, tensors, roles: tuple[str, ...]) -> np.ndarray
     return np.concatenate(parts, axis=1) if parts else np.zeros((group.width, 0))
 
 
+def _unit_rows(features: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(features, axis=1, keepdims=True)
+    return features / np.where(norms > 0, norms, 1.0)
+
+
 def transport_plan(features: np.ndarray, kept: np.ndarray, scores: np.ndarray,
                    options: FusionOptions) -> np.ndarray:
-    norms = np.linalg.norm(features, axis=1, keepdims=True)
-    unit = features / np.where(norms > 0, norms, 1.0)
+    unit = _unit_rows(np.asarray(features, dtype=np.float64))
     cost = pairwise_cost(unit, unit[kept], options.p)
     n, m = cost.shape
     if options.marginals == "importance":

@@ -17,7 +17,7 @@ import onnx_graphsurgeon as gs
 from .channels import Group, member_rows
 from .errors import OnnxfuseError
 
-Scorer = Callable[[Group, dict[str, gs.Tensor], int], np.ndarray]
+Scorer = Callable[..., np.ndarray]  # (group, tensors, seed=, activity=) -> (width,) scores
 IMPORTANCE: dict[str, Scorer] = {}
 
 
@@ -28,10 +28,12 @@ def register(name: str):
     return wrap
 
 
-def score_group(name: str, group: Group, tensors: dict[str, gs.Tensor], seed: int = 0) -> np.ndarray:
+def score_group(name: str, group: Group, tensors: dict[str, gs.Tensor], seed: int = 0,
+                activity: np.ndarray | None = None) -> np.ndarray:
+    """`activity`: the group's mean |activation| per channel on calibration data, when captured."""
     if name not in IMPORTANCE:
         raise OnnxfuseError(f"unknown importance {name!r}; choose from {', '.join(sorted(IMPORTANCE))}")
-    return IMPORTANCE[name](group, tensors, seed)
+    return IMPORTANCE[name](group, tensors, seed=seed, activity=activity)
 
 
 def magnitude(group: Group, tensors, p: int) -> np.ndarray:
@@ -41,22 +43,22 @@ def magnitude(group: Group, tensors, p: int) -> np.ndarray:
 
 
 @register("l1")
-def l1(group: Group, tensors, seed: int = 0) -> np.ndarray:
+def l1(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
     return _normalise(magnitude(group, tensors, 1))
 
 
 @register("l2")
-def l2(group: Group, tensors, seed: int = 0) -> np.ndarray:
+def l2(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
     return _normalise(magnitude(group, tensors, 2))
 
 
 @register("random")
-def random(group: Group, tensors, seed: int = 0) -> np.ndarray:
+def random(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
     return np.random.default_rng([seed, group.id]).random(group.width) + 0.5
 
 
 @register("lamp")
-def lamp(group: Group, tensors, seed: int = 0) -> np.ndarray:
+def lamp(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
     """LAMP (Lee et al., ICLR 2021) as Torch-Pruning's LAMPImportance: squared magnitude, each
     score divided by the sum of all scores not smaller than it."""
     scores = magnitude(group, tensors, 2)
@@ -68,7 +70,7 @@ def lamp(group: Group, tensors, seed: int = 0) -> np.ndarray:
 
 
 @register("bn_scale")
-def bn_scale(group: Group, tensors, seed: int = 0) -> np.ndarray:
+def bn_scale(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
     """|γ| of the group's BatchNormalization layers (Network Slimming)."""
     gammas = [np.abs(rows).sum(axis=(1, 2)) for member, rows in member_rows(group, tensors)
               if member.role == "param" and np.asarray(tensors[member.tensor].values).ndim == 1]
@@ -79,7 +81,7 @@ def bn_scale(group: Group, tensors, seed: int = 0) -> np.ndarray:
 
 
 @register("fpgm")
-def fpgm(group: Group, tensors, seed: int = 0) -> np.ndarray:
+def fpgm(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
     """FPGM (He et al., CVPR 2019): a channel whose weights are close to all others (near the
     geometric median) is redundant; importance = summed L2 distance to the other channels."""
     per_member = []
@@ -94,3 +96,11 @@ def fpgm(group: Group, tensors, seed: int = 0) -> np.ndarray:
 def _normalise(scores: np.ndarray) -> np.ndarray:
     mean = scores.mean()
     return scores / mean if mean > 0 else scores
+
+
+@register("act")
+def act(group: Group, tensors, seed: int = 0, activity: np.ndarray | None = None, **_) -> np.ndarray:
+    """Mean |activation| of each channel on the calibration data (where consumers read it)."""
+    if activity is None:
+        raise OnnxfuseError("importance act needs calibration data (--calib)")
+    return _normalise(np.asarray(activity, dtype=np.float64))

@@ -38,6 +38,13 @@ def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def runnable(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as a model ONNX Runtime can run while its shapes are stale (no value_info)."""
+    model = export_model(graph, like)
+    del model.graph.value_info[:]
+    return model
+
+
 def _keep_interface_types(model: onnx.ModelProto, like: onnx.ModelProto) -> None:
     """Graph inputs and outputs keep their declared types (shape inference may rename symbolic
     dims); a static dimension that really changed is an error."""

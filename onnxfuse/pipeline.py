@@ -1,6 +1,6 @@
 """The compression pipeline, in order. Each pass reads and extends one Context.
 
-    load ─► normalize ─► analyze ─► score ─► plan ─► fuse ─► repair ─► emit ─► validate
+    load ─► normalize ─► analyze ─► capture ─► score ─► plan ─► fuse ─► repair ─► emit ─► validate
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from .channels import Analysis
 from .data import Dataset
 from .errors import OnnxfuseError
 from .fusion import FusionOptions
+from .images import Preprocess
 
 METHODS = ("prune", "fuse")
 REPAIRS = ("auto", "none", "stats")
@@ -36,7 +37,9 @@ class Options:
     ignore: tuple[str, ...] = ()
     only_groups: tuple[int, ...] | None = None  # shrink only these group ids (one-group studies)
     fold_bn: bool = True
-    calib: str | None = None
+    calib: str | None = None  # .npz file or folder of images
+    calib_samples: int = 256  # at most this many calibration samples (seeded draw when more)
+    preprocess: Preprocess = field(default_factory=Preprocess)  # for a folder of images
     data: str | None = None  # validation data; default: calib, else random inputs
     labels_key: str = "labels"
     validate: bool = True
@@ -56,6 +59,9 @@ class Options:
             raise OnnxfuseError(f"target-macs must be in (0, 1], got {self.target_macs}")
         if not isinstance(self.round_to, int) or self.round_to < 1:
             raise OnnxfuseError(f"round-to must be a positive integer, got {self.round_to}")
+        if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
+            raise OnnxfuseError(f"calib-samples must be a positive integer, got {self.calib_samples}")
+        self.preprocess.check()
         self.fusion.check()
         if self.repair not in REPAIRS:
             raise OnnxfuseError(f"unknown repair {self.repair!r}; choose from {', '.join(REPAIRS)}")
@@ -78,6 +84,8 @@ class Context:
     analysis: Analysis | None = None
     calib: Dataset | None = None
     data: Dataset | None = None
+    activity: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> mean |activation| per channel
+    activations: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> (width, samples)
     scores: dict[int, np.ndarray] = field(default_factory=dict)
     keep: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> kept channel indices
     maps: dict[int, GroupMap] = field(default_factory=dict)
@@ -89,9 +97,9 @@ class Context:
 
 
 def passes() -> list:
-    from onnxfuse.passes import analyze, emit, fuse, load, normalize, plan, repair, score, validate
+    from onnxfuse.passes import analyze, capture, emit, fuse, load, normalize, plan, repair, score, validate
 
-    return [load.Load(), normalize.Normalize(), analyze.Analyze(), score.Score(), plan.Plan(),
+    return [load.Load(), normalize.Normalize(), analyze.Analyze(), capture.Capture(), score.Score(), plan.Plan(),
             fuse.Fuse(), repair.Repair(), emit.Emit(), validate.Validate()]
 
 

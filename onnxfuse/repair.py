@@ -17,7 +17,7 @@ from .capture import ChannelStats, channel_stats
 from .channelmap import SpaceMaps
 from .channels import Analysis, Group
 from .data import Dataset
-from .normalize import export_model
+from .normalize import runnable
 from .ops import Member
 
 MIN_STD = 1e-6
@@ -43,13 +43,6 @@ def repair_stats(graph: gs.Graph, like: onnx.ModelProto, original: onnx.ModelPro
         except NotImplementedError as exc:
             log(f"repair skipped for {space[0]}: {exc}")
     return report
-
-
-def runnable(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph as a model ONNX Runtime can run while shapes are stale (no value_info)."""
-    model = export_model(graph, like)
-    del model.graph.value_info[:]
-    return model
 
 
 def _correct(graph, analysis, space_maps, group, space, before: ChannelStats, now: ChannelStats) -> dict:

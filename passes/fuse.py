@@ -1,6 +1,6 @@
 from onnxfuse.channelmap import GroupMap, apply_maps
 from onnxfuse.fusion import fusion_map
-from onnxfuse.repair import runnable
+from onnxfuse.normalize import runnable
 
 
 class Fuse:
@@ -16,7 +16,8 @@ class Fuse:
                 continue
             kept = ctx.keep[group.id]
             if ctx.options.method == "fuse":
-                ctx.maps[group.id] = fusion_map(group, tensors, kept, ctx.scores[group.id], ctx.options.fusion)
+                ctx.maps[group.id] = fusion_map(group, tensors, kept, ctx.scores[group.id], ctx.options.fusion,
+                                                ctx.activations.get(group.id))
             else:
                 ctx.maps[group.id] = GroupMap.selection(group.width, kept)
         if ctx.options.effective_repair != "none":

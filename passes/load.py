@@ -1,11 +1,12 @@
 import onnx
 
-from onnxfuse.data import load_npz
+from onnxfuse.data import load_calibration, load_npz
 from onnxfuse.graphio import check_model, load_model
 
 
 class Load:
-    """Read the model (path or ModelProto), the calibration data and the validation data."""
+    """Read the model (path or ModelProto), the calibration data (.npz or image folder, at most
+    calib_samples) and the validation data."""
 
     name = "load"
 
@@ -16,7 +17,9 @@ class Load:
         else:
             ctx.original = load_model(ctx.source)
         if ctx.options.calib:
-            ctx.calib = load_npz(ctx.options.calib, ctx.original, ctx.options.labels_key)
+            opts = ctx.options
+            ctx.calib = load_calibration(opts.calib, ctx.original, opts.calib_samples, opts.seed, opts.preprocess,
+                                         opts.labels_key, log=ctx.log)
         if ctx.options.data:
             ctx.data = load_npz(ctx.options.data, ctx.original, ctx.options.labels_key)
         return ctx

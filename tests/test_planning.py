@@ -21,8 +21,12 @@ BN = ROOT / "models" / "tinyres_fmnist_bn.onnx"
 FOLDED = ROOT / "models" / "tinyres_fmnist_folded.onnx"
 
 
+CALIB = ROOT / "models" / "data" / "fmnist_calib512.npz"
+
+
 def _scored(importance: str, fold_bn: bool = True, seed: int = 0):
-    options = pipeline.Options(importance=importance, fold_bn=fold_bn, seed=seed)
+    calib = str(CALIB) if importance == "act" else None  # activation importance reads calibration data
+    options = pipeline.Options(importance=importance, fold_bn=fold_bn, seed=seed, calib=calib)
     return pipeline.run(pipeline.Context(options, onnx.load(BN)), stop_after="score")
 
 
@@ -54,6 +58,11 @@ def test_random_importance_is_seeded():
     a, b, c = (_scored("random", seed=s).scores for s in (1, 1, 2))
     assert all(np.array_equal(a[g], b[g]) for g in a)
     assert not all(np.array_equal(a[g], c[g]) for g in a)
+
+
+def test_activation_importance_needs_calibration_data():
+    with pytest.raises(OnnxfuseError, match="calib"):
+        pipeline.run(pipeline.Context(pipeline.Options(importance="act"), onnx.load(BN)), stop_after="score")
 
 
 def test_bn_scale_needs_batchnorm_nodes():
