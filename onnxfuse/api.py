@@ -25,7 +25,8 @@ ModelLike = str | os.PathLike | onnx.ModelProto
 
 def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", importance: str = "l1",
              round_to: int = 1, global_ranking: bool = False, max_sparsity: float = 1.0,
-             target_macs: float | None = None, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
+             target_macs: float | None = None, allocate: str = "uniform", ignore: tuple[str, ...] | list[str] = (),
+             fold_bn: bool = True,
              calib: str | None = None, calib_samples: int = 256, preprocess: Preprocess | None = None,
              data: str | None = None, labels_key: str = "labels", repair: str = "auto",
              validate: bool = True, device: str = "auto", seed: int = 0,
@@ -42,7 +43,8 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", 
                            marginals=ot_marginals, features=ot_features)
     options = pipeline.Options(fusion=fusion, sparsity=sparsity, method=method, importance=importance,
                                round_to=round_to, global_ranking=global_ranking, max_sparsity=max_sparsity,
-                               target_macs=target_macs, ignore=tuple(ignore), fold_bn=fold_bn, calib=calib, data=data,
+                               target_macs=target_macs, allocate=allocate, ignore=tuple(ignore), fold_bn=fold_bn,
+                               calib=calib, data=data,
                                calib_samples=calib_samples, preprocess=preprocess or Preprocess(),
                                labels_key=labels_key, repair=repair, validate=validate, device=device, seed=seed)
     ctx = pipeline.Context(options=options, source=_source(model))

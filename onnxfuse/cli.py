@@ -41,6 +41,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="rank channels across all groups instead of the same sparsity in each")
     c.add_argument("--max-sparsity", type=float, default=1.0, help="at most this fraction of a group goes")
     c.add_argument("--target-macs", type=float, help="keep this fraction of the MACs (solves for the sparsity)")
+    c.add_argument("--allocate", default="uniform", choices=["uniform", "sensitivity"],
+                   help="sensitivity: per-group sparsities measured on --calib data to meet --target-macs")
     c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
                    help="leave the output channels of matching nodes untouched (repeatable)")
     c.add_argument("--keep-bn", action="store_true", help="do not fold BatchNormalization into Conv/Gemm")
@@ -168,6 +170,7 @@ def _compress(args) -> int:
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
+        allocate=args.allocate,
         ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
         calib_samples=args.calib_samples, preprocess=_preprocess(args),
         labels_key=args.labels, repair=args.repair, validate=not args.no_validate, normalization=args.normalization,

@@ -23,6 +23,7 @@ from .images import Preprocess
 
 METHODS = ("prune", "fuse")
 REPAIRS = ("auto", "none", "stats")
+ALLOCATIONS = ("uniform", "sensitivity")
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Options:
     global_ranking: bool = False
     max_sparsity: float = 1.0
     target_macs: float | None = None  # fraction of MACs to keep; solves for the sparsity
+    allocate: str = "uniform"  # or "sensitivity": per-group sparsities measured on calibration data
     ignore: tuple[str, ...] = ()
     only_groups: tuple[int, ...] | None = None  # shrink only these group ids (one-group studies)
     fold_bn: bool = True
@@ -63,6 +65,10 @@ class Options:
             raise OnnxfuseError(f"calib-samples must be a positive integer, got {self.calib_samples}")
         self.preprocess.check()
         self.fusion.check()
+        if self.allocate not in ALLOCATIONS:
+            raise OnnxfuseError(f"unknown allocation {self.allocate!r}; choose from {', '.join(ALLOCATIONS)}")
+        if self.allocate == "sensitivity" and (self.target_macs is None or not self.calib):
+            raise OnnxfuseError("allocate sensitivity needs --target-macs and calibration data (--calib)")
         if self.repair not in REPAIRS:
             raise OnnxfuseError(f"unknown repair {self.repair!r}; choose from {', '.join(REPAIRS)}")
         if self.repair == "stats" and not self.calib:

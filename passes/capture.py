@@ -11,8 +11,8 @@ class Capture:
 
     def run(self, ctx):
         opts = ctx.options
-        wants_activity = opts.importance == "act"
-        wants_features = opts.method == "fuse" and opts.fusion.features != "weights"
+        wants_activity = opts.importance == "act" and not ctx.activity
+        wants_features = opts.method == "fuse" and opts.fusion.features != "weights" and not ctx.activations
         if not (wants_activity or wants_features):
             return ctx
         if ctx.calib is None:

@@ -16,7 +16,7 @@ class Load:
             ctx.original = ctx.source
         else:
             ctx.original = load_model(ctx.source)
-        if ctx.options.calib:
+        if ctx.options.calib and ctx.calib is None:  # probes of the allocator pass it in
             opts = ctx.options
             ctx.calib = load_calibration(opts.calib, ctx.original, opts.calib_samples, opts.seed, opts.preprocess,
                                          opts.labels_key, log=ctx.log)
