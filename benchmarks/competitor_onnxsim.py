@@ -1,8 +1,9 @@
 """Competitor adapter: the structured (channel) pruning of ``onnxsim`` 0.8.1, at a MAC target.
 
-Install: ``pip install onnxsim==0.8.1`` (manylinux_2_27/2_28 x86_64 wheels for CPython 3.11-3.13;
-only ``onnx`` is a hard dependency; the calibrated passes run ``onnxruntime``, already a dependency
-of onnxfuse).
+Install: ``pip install onnxsim==0.8.1`` (binary wheel, e.g. cp311 manylinux_2_27/2_28 x86_64;
+``Requires-Python >=3.11``; the only hard dependency is ``onnx``). Calibration runs the model with
+onnxruntime when it is installed (it is, as an onnxfuse dependency), else with onnx's reference
+evaluator.
 
 What onnxsim offers, and what this adapter calls
 ------------------------------------------------
