@@ -49,7 +49,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--calib", help="calibration data: .npz (one array per input, optional labels) or a folder "
                    "of images (see the preprocessing options)")
     _add_calib_options(c)
-    c.add_argument("--repair", default="auto", choices=["auto", "none", "stats"],
+    c.add_argument("--repair", default="auto", choices=["auto", "none", "stats", "lsq"],
                    help="statistics repair with the calibration data (auto: stats when --calib is given)")
     c.add_argument("--data", help="validation data (.npz); default: the calibration data, else random inputs")
     c.add_argument("--labels", default="labels", help="key of the labels array in the .npz files")

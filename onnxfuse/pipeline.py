@@ -22,7 +22,7 @@ from .fusion import FusionOptions
 from .images import Preprocess
 
 METHODS = ("prune", "fuse")
-REPAIRS = ("auto", "none", "stats")
+REPAIRS = ("auto", "none", "stats", "lsq")
 ALLOCATIONS = ("uniform", "sensitivity")
 
 
@@ -71,8 +71,8 @@ class Options:
             raise OnnxfuseError("allocate sensitivity needs --target-macs and calibration data (--calib)")
         if self.repair not in REPAIRS:
             raise OnnxfuseError(f"unknown repair {self.repair!r}; choose from {', '.join(REPAIRS)}")
-        if self.repair == "stats" and not self.calib:
-            raise OnnxfuseError("repair stats needs calibration data (--calib)")
+        if self.repair in ("stats", "lsq") and not self.calib:
+            raise OnnxfuseError(f"repair {self.repair} needs calibration data (--calib)")
 
     @property
     def effective_repair(self) -> str:

@@ -1,14 +1,18 @@
+from onnxfuse.lsq import repair_lsq
 from onnxfuse.repair import repair_stats
 
 
 class Repair:
-    """With calibration data: match every new channel's statistics to its sources' (REPAIR)."""
+    """With calibration data: match every new channel's statistics to its sources' (stats,
+    REPAIR), or refit the consumers of every shrunk group by least squares (lsq)."""
 
     name = "repair"
 
     def run(self, ctx):
-        if ctx.options.effective_repair == "none" or not ctx.space_maps.maps:
+        method = ctx.options.effective_repair
+        if method == "none" or not ctx.space_maps.maps:
             return ctx
-        ctx.report["repair"] = repair_stats(ctx.graph, ctx.original, ctx.before_fuse, ctx.analysis, ctx.space_maps,
-                                            ctx.calib, ctx.log)
+        repair = repair_stats if method == "stats" else repair_lsq
+        ctx.report["repair"] = repair(ctx.graph, ctx.original, ctx.before_fuse, ctx.analysis, ctx.space_maps,
+                                      ctx.calib, log=ctx.log)
         return ctx

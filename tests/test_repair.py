@@ -65,3 +65,39 @@ def test_repair_needs_calibration_data():
 
     with pytest.raises(OnnxfuseError, match="calib"):
         pipeline.Options(repair="stats").check()
+
+
+def _linear_consumer_model():
+    """conv1 (8 channels, no activation) → 1×1 conv2; channels 4..7 of conv1 are linear
+    combinations of channels 0..3 (rows and biases), and 0..3 carry most of the weight, so
+    pruning keeps 0..3 and their span holds everything that was removed."""
+    from onnx import numpy_helper
+
+    from tests.netbuilder import Net
+
+    n = Net()
+    model = n.model(n.conv(n.conv("x", 3, 8), 8, 4, k=1))
+    inits = {t.name: t for t in model.graph.initializer}
+    conv1 = model.graph.node[0]
+    w, b = (numpy_helper.to_array(inits[name]) for name in conv1.input[1:3])
+    mix = np.random.default_rng(3).uniform(-0.1, 0.1, (4, 4)).astype(np.float32)
+    w = np.concatenate([10 * w[:4], np.einsum("ij,jcxy->icxy", mix, 10 * w[:4])])
+    b = np.concatenate([b[:4], mix @ b[:4]])
+    for name, value in zip(conv1.input[1:3], (w, b)):
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+    return model, n
+
+
+def test_lsq_reproduces_a_linear_consumer_when_kept_channels_span_the_removed(tmp_path):
+    model, net = _linear_consumer_model()
+    x = net.input(batch=64, seed=5)
+    np.savez(tmp_path / "calib.npz", x=x)
+    options = pipeline.Options(sparsity=0.5, method="prune", repair="lsq", calib=str(tmp_path / "calib.npz"),
+                               validate=False)
+    ctx = pipeline.run(pipeline.Context(options, model), stop_after="emit")
+    assert [list(k) for k in ctx.keep.values()] == [[0, 1, 2, 3]]
+    fresh = net.input(batch=8, seed=9)
+    want, got = run(model, fresh)[0], run(ctx.result, fresh)[0]
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    plain = pipeline.run(pipeline.Context(pipeline.Options(sparsity=0.5, validate=False), model)).result
+    assert np.abs(run(plain, fresh)[0] - want).max() > 1e-2 * np.abs(want).max()  # without repair it is not
