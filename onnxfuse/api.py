@@ -141,6 +141,10 @@ def summary(report: dict) -> str:
         f"MACs:   {report['macs_before']:,} -> {report['macs_after']:,} "
         f"({_ratio(report['macs_after'], report['macs_before'])})",
     ]
+    before = report.get("validation_before_repair")
+    if before and "accuracy_compressed" in before:
+        lines.append(f"before repair: top-1 agreement {100 * before['top1_agreement']:.1f}%, "
+                     f"accuracy {100 * before['accuracy_compressed']:.2f}%")
     val = report.get("validation")
     if val:
         line = f"validation on {val['samples']} samples of {val['data']} ({val['provider']}):"

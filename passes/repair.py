@@ -1,4 +1,6 @@
 from onnxfuse.lsq import repair_lsq
+from onnxfuse.normalize import runnable
+from onnxfuse.validate import compare
 from onnxfuse.repair import repair_stats
 
 
@@ -12,6 +14,9 @@ class Repair:
         method = ctx.options.effective_repair
         if method == "none" or not ctx.space_maps.maps:
             return ctx
+        if ctx.options.validate and ctx.data is not None:  # what the repair recovers, in the report
+            ctx.report["validation_before_repair"] = compare(ctx.original, runnable(ctx.graph, ctx.original), ctx.data,
+                                                             ctx.options.device)
         repair = repair_stats if method == "stats" else repair_lsq
         ctx.report["repair"] = repair(ctx.graph, ctx.original, ctx.before_fuse, ctx.analysis, ctx.space_maps,
                                       ctx.calib, log=ctx.log)
