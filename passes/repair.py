@@ -1,7 +1,7 @@
 from onnxfuse.lsq import repair_lsq
 from onnxfuse.normalize import runnable
-from onnxfuse.validate import compare
 from onnxfuse.repair import repair_stats
+from onnxfuse.validate import compare
 
 
 class Repair:
