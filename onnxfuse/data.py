@@ -114,9 +114,12 @@ def load_image_folder(folder: Path, model: onnx.ModelProto, samples: int = 256, 
                             f"{len(specs)} inputs ({', '.join(s.name for s in specs)})")
     spec = specs[0]
     plan = images.resolve(preprocess or images.Preprocess(), spec.shape, spec.dtype, f"model input {spec.name!r}")
-    paths = images.list_images(folder, log or _stderr)
+    paths, warning = images.list_images(folder)
     chosen = [paths[i] for i in pick(len(paths), samples, seed)]
-    return Dataset({spec.name: images.load_images(chosen, plan)})
+    data = Dataset({spec.name: images.load_images(chosen, plan)})
+    if warning:  # after the images are read: an error stays the only line
+        (log or _stderr)(warning)
+    return data
 
 
 def pick(n: int, samples: int, seed: int) -> np.ndarray:

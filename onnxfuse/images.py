@@ -8,7 +8,6 @@ Order per image: grey/RGB conversion, resize to H×W (bilinear, aspect ratio not
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -116,8 +115,8 @@ def _per_channel(values, channels: int, name: str) -> np.ndarray:
     return np.broadcast_to(np.asarray(values, np.float32), (channels,)).copy()
 
 
-def list_images(folder: Path, log: Callable[[str], None]) -> list[Path]:
-    """The images directly in `folder` (sorted by name); other files are skipped with one warning."""
+def list_images(folder: Path) -> tuple[list[Path], str | None]:
+    """The images directly in `folder`, sorted by name, and a warning naming what was skipped (or None)."""
     from PIL import Image, UnidentifiedImageError
 
     if not folder.is_dir():
@@ -136,13 +135,13 @@ def list_images(folder: Path, log: Callable[[str], None]) -> list[Path]:
                 images.append(path)
         except (UnidentifiedImageError, OSError, ValueError):
             skipped += 1
-    if skipped or folders:
-        parts = [f"{n} {what}" for n, what in ((skipped, "file(s) that are not images"),
-                                               (folders, "sub-folder(s), not read")) if n]
-        log(f"warning: {folder}: skipped {' and '.join(parts)}")
+    parts = [f"{n} {what}" for n, what in ((skipped, "file(s) that are not images"),
+                                           (folders, "sub-folder(s), not read")) if n]
+    note = f"skipped {' and '.join(parts)}" if parts else None
     if not images:
-        raise OnnxfuseError(f"{folder}: no image found (PNG, JPEG, ... files directly in the folder)")
-    return images
+        raise OnnxfuseError(f"{folder}: no image found (PNG, JPEG, ... files directly in the folder)"
+                            + (f"; {note}" if note else ""))
+    return images, note and f"warning: {folder}: {note}"
 
 
 def load_image(path: Path, plan: Plan) -> np.ndarray:
