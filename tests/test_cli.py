@@ -50,14 +50,15 @@ def _images(n: int = 5) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def compressed(tmp_path_factory):
-    """`onnxfuse compress tinyres -o out.onnx --sparsity 0.5 --calib eval2000.npz --report r.json`, once."""
+    """`onnxfuse compress tinyres -o out.onnx --sparsity 0.5 --calib eval2000.npz --calib-samples 2000
+    --report r.json`, once (validation then runs on all 2000 calibration images)."""
     folder = tmp_path_factory.mktemp("compress")
     out, report = folder / "out.onnx", folder / "r.json"
     before = _sha(FOLDED), _sha(EVAL)
     stderr = io.StringIO()
     with contextlib.redirect_stderr(stderr), contextlib.redirect_stdout(io.StringIO()) as stdout:
         code = main(["compress", str(FOLDED), "-o", str(out), "--sparsity", "0.5", "--calib", str(EVAL),
-                     "--report", str(report)])
+                     "--calib-samples", "2000", "--report", str(report)])
     assert code == 0, stderr.getvalue()
     assert (_sha(FOLDED), _sha(EVAL)) == before
     return {"out": out, "report": report, "stderr": stderr.getvalue(), "stdout": stdout.getvalue(),

@@ -1,0 +1,164 @@
+"""Accuracy with a small calibration set, every prunable group at once, no fine-tuning.
+
+Variants at each sparsity (same uniform sparsity, hence the same MACs, for all onnxfuse variants):
+  Default                 L1 pruning, no data
+  Default + repair        L1 pruning, then statistics repair on the calibration data
+  IF data-free            fusion, the default normalisation, no data
+  IF + stats              fusion (OT cost from calibration activations and weights), stats repair
+  IF + lsq                fusion (same cost), least-squares repair
+  onnxsim <variant>       onnxsim 0.8.1's structured pruning at the MACs onnxfuse reached
+                          (benchmarks/competitor_onnxsim.py), when onnxsim is installed
+and sensitivity-aware allocation (fuse + lsq) at target MAC fractions 0.5 and 0.25.
+
+Calibration: the committed 512 training images (models/data/fmnist_calib512.npz, labels unused).
+Test: the full Fashion-MNIST test split when installed, else the 2 000-image sample.
+
+    python benchmarks/calibrated.py [--models resnet18,vgg11bn] [--sparsities 0.3,0.5,0.7]
+
+Writes the section "Accuracy with calibration data" of benchmarks/RESULTS.md and
+benchmarks/calibrated.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import onnxfuse  # noqa: E402
+from benchmarks.accuracy import accuracy, test_data  # noqa: E402
+from benchmarks.results import write_section  # noqa: E402
+from onnxfuse.graphio import load_model  # noqa: E402
+
+CALIB = str(ROOT / "models" / "data" / "fmnist_calib512.npz")
+
+VARIANTS = {
+    "Default": dict(method="prune", repair="none"),
+    "Default + repair": dict(method="prune", calib=CALIB, repair="stats"),
+    "IF data-free": dict(method="fuse", repair="none"),
+    "IF + stats": dict(method="fuse", calib=CALIB, repair="stats", ot_features="both"),
+    "IF + lsq": dict(method="fuse", calib=CALIB, repair="lsq", ot_features="both"),
+    "Default + lsq": dict(method="prune", calib=CALIB, repair="lsq"),
+}
+TARGETS = (0.5, 0.25)
+
+
+def competitor():
+    try:
+        import onnxsim  # noqa: F401
+
+        from benchmarks import competitor_onnxsim
+    except ImportError:
+        return None
+    return competitor_onnxsim
+
+
+def run_variant(model, data, **options):
+    compressed, report = onnxfuse.compress(model, validate=False, quiet=True, **options)
+    return accuracy(compressed, data), report["macs_after"] / report["macs_before"]
+
+
+def evaluate(path: Path, data, sparsities) -> dict:
+    model = load_model(path)
+    res = {"dense": accuracy(model, data), "uniform": {}, "macs": {}, "allocated": {}, "onnxsim": {}}
+    rival = competitor()
+    calib = np.load(CALIB)["input"].astype(np.float32)
+    for s in sparsities:
+        for name, options in VARIANTS.items():
+            start = time.perf_counter()
+            acc, macs = run_variant(model, data, sparsity=s, **options)
+            res["uniform"][name, s] = acc
+            res["macs"][s] = macs
+            print(f"  s={s:.1f} {name:18s} {100 * acc:6.2f}%  MACs {macs:.3f}  ({time.perf_counter() - start:.0f} s)",
+                  flush=True)
+        if rival is not None:
+            for variant in rival.VARIANTS:
+                pruned = rival.onnxsim_prune(model, variant, target_macs=res["macs"][s], calib={"input": calib})
+                res["onnxsim"][variant, s] = accuracy(pruned, data)
+                print(f"  s={s:.1f} onnxsim {variant:10s} {100 * res['onnxsim'][variant, s]:6.2f}%", flush=True)
+    for target in TARGETS:
+        acc, macs = run_variant(model, data, target_macs=target, allocate="sensitivity", method="fuse", calib=CALIB,
+                                repair="lsq", ot_features="both")
+        res["allocated"][target] = (acc, macs)
+        print(f"  sensitivity allocation, target MACs {target}: {100 * acc:.2f}% at {macs:.3f}", flush=True)
+    return res
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--models", default="tinyres,resnet18,vgg11bn,mobilenetv2,resnet50s")
+    parser.add_argument("--sparsities", default="0.3,0.5,0.7")
+    args = parser.parse_args()
+    sparsities = [float(s) for s in args.sparsities.split(",")]
+    data, data_name = test_data()
+    results = {}
+    for arch in args.models.split(","):
+        path = ROOT / "models" / f"{arch}_fmnist_folded.onnx"
+        if path.exists():
+            print(f"{arch}:", flush=True)
+            results[arch] = evaluate(path, data, sparsities)
+    write(results, sparsities, data_name)
+    plot(results, sparsities, ROOT / "benchmarks" / "calibrated.png")
+
+
+def write(results, sparsities, data_name) -> None:
+    rival_names = sorted({v for r in results.values() for v, _ in r["onnxsim"]})
+    lines = [f"Produced by `python benchmarks/calibrated.py`; top-1 accuracy (%) on the {data_name}, every",
+             "prunable group at the same sparsity (so every variant has the same MACs; onnxsim is run at the",
+             "MACs onnxfuse reached), 512 unlabelled calibration images, no fine-tuning.", "",
+             "| model | dense | sparsity | MACs | " + " | ".join(VARIANTS) + "".join(f" | onnxsim {v}" for v in rival_names)
+             + " |", "|---|---|---|---|" + "---|" * (len(VARIANTS) + len(rival_names))]
+    for model, r in results.items():
+        for s in sparsities:
+            cells = [f"{100 * r['uniform'][name, s]:.1f}" for name in VARIANTS]
+            cells += [f"{100 * r['onnxsim'][v, s]:.1f}" if (v, s) in r["onnxsim"] else "–" for v in rival_names]
+            lines.append(f"| {model} | {100 * r['dense']:.1f} | {s:.1f} | {r['macs'][s]:.3f}× | " + " | ".join(cells)
+                         + " |")
+    lines += ["", "Sensitivity-aware allocation (`--allocate sensitivity --method fuse --repair lsq "
+              "--ot-features both`):", "", "| model | dense | target MACs | reached MACs | accuracy | of dense |",
+              "|---|---|---|---|---|---|"]
+    for model, r in results.items():
+        for target, (acc, macs) in r["allocated"].items():
+            lines.append(f"| {model} | {100 * r['dense']:.1f} | {target} | {macs:.3f}× | {100 * acc:.1f} | "
+                         f"{100 * acc / r['dense']:.1f}% |")
+    lines += ["", "![accuracy vs MACs with calibration](calibrated.png)"]
+    write_section("Accuracy with calibration data", "\n".join(lines))
+
+
+def plot(results, sparsities, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, len(results), figsize=(4.5 * len(results), 4), squeeze=False)
+    for ax, (model, r) in zip(axes[0], results.items()):
+        macs = [r["macs"][s] for s in sparsities]
+        for name in VARIANTS:
+            ax.plot(macs, [100 * r["uniform"][name, s] for s in sparsities], marker="o", label=name)
+        for variant in sorted({v for v, _ in r["onnxsim"]}):
+            ax.plot(macs, [100 * r["onnxsim"][variant, s] for s in sparsities], marker="x", linestyle=":",
+                    label=f"onnxsim {variant}")
+        alloc = sorted(r["allocated"].values(), key=lambda t: t[1])
+        ax.plot([m for _, m in alloc], [100 * a for a, _ in alloc], marker="*", markersize=10, linestyle="--",
+                label="IF + lsq, sensitivity allocation")
+        ax.axhline(100 * r["dense"], color="grey", linestyle="--", linewidth=1, label="dense")
+        ax.set_title(model)
+        ax.set_xlabel("MACs kept (fraction)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_ylim(0, 100)
+        ax.grid(alpha=0.3)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()
