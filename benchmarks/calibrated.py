@@ -112,7 +112,7 @@ def write(results, sparsities, data_name) -> None:
     lines = [f"Produced by `python benchmarks/calibrated.py`; top-1 accuracy (%) on the {data_name}, every",
              "prunable group at the same sparsity (so every variant has the same MACs; onnxsim is run at the",
              "MACs onnxfuse reached), 512 unlabelled calibration images, no fine-tuning.", "",
-             "| model | dense | sparsity | MACs | " + " | ".join(VARIANTS) + "".join(f" | onnxsim {v}" for v in rival_names)
+             "| model | dense | sparsity | MACs | " + " | ".join(list(VARIANTS) + [f"onnxsim {v}" for v in rival_names])
              + " |", "|---|---|---|---|" + "---|" * (len(VARIANTS) + len(rival_names))]
     for model, r in results.items():
         for s in sparsities:
