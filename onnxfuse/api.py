@@ -13,7 +13,6 @@ from . import pipeline
 from .channels import Analysis
 from .data import Dataset, load_calibration, load_npz, random_inputs, save_npz
 from .errors import OnnxfuseError
-from .fusion import FusionOptions
 from .graphio import check_model, check_output_path, load_model
 from .images import Preprocess
 from .metrics import count_macs, count_params
@@ -23,30 +22,17 @@ from .validate import compare
 ModelLike = str | os.PathLike | onnx.ModelProto
 
 
-def compress(model: ModelLike, sparsity: float = 0.5, *, method: str = "prune", importance: str = "l1",
-             round_to: int = 1, global_ranking: bool = False, max_sparsity: float = 1.0,
-             target_macs: float | None = None, allocate: str = "uniform", ignore: tuple[str, ...] | list[str] = (),
-             fold_bn: bool = True,
-             calib: str | None = None, calib_samples: int = 256, preprocess: Preprocess | None = None,
-             data: str | None = None, labels_key: str = "labels", repair: str = "auto",
-             validate: bool = True, device: str = "auto", seed: int = 0,
-             normalization: str = "reference", ot_p: int = 1, ot_solver: str = "emd", ot_reg: float = 0.01,
-             ot_marginals: str = "uniform", ot_features: str = "weights",
-             report_path: str | None = None, quiet: bool = False) -> tuple[onnx.ModelProto, dict]:
+def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None = None, quiet: bool = False,
+             **options) -> tuple[onnx.ModelProto, dict]:
     """Shrink every prunable channel group; returns the new model and a report (dict).
 
-    method "prune" keeps the most important channels of each group; "fuse" (Intra-Fusion)
-    merges every channel into the kept ones with an optimal-transport map (see onnxfuse/fusion.py
-    for `normalization` and the `ot_*` options). `calib` is an .npz file or a folder of images (read with
-    `preprocess`); at most `calib_samples` of it are used, drawn with `seed`."""
-    fusion = FusionOptions(normalization=normalization, p=ot_p, solver=ot_solver, reg=ot_reg,
-                           marginals=ot_marginals, features=ot_features)
-    options = pipeline.Options(fusion=fusion, sparsity=sparsity, method=method, importance=importance,
-                               round_to=round_to, global_ranking=global_ranking, max_sparsity=max_sparsity,
-                               target_macs=target_macs, allocate=allocate, ignore=tuple(ignore), fold_bn=fold_bn,
-                               calib=calib, data=data,
-                               calib_samples=calib_samples, preprocess=preprocess or Preprocess(),
-                               labels_key=labels_key, repair=repair, validate=validate, device=device, seed=seed)
+    Options (the CLI flags of `onnxfuse compress`, see `pipeline.Options`): method ("prune" keeps
+    the most important channels of each group, "fuse" merges every channel into the kept ones with
+    an optimal-transport map), importance, round_to, global_ranking, max_sparsity, target_macs,
+    allocate, ignore, fold_bn, calib (an .npz file or a folder of images read with `preprocess`,
+    at most `calib_samples` of it, drawn with `seed`), data, labels_key, repair, validate, device,
+    seed, and for fusion normalization, ot_p, ot_solver, ot_reg, ot_marginals, ot_features."""
+    options = pipeline.Options.from_flat(sparsity=sparsity, **options)
     ctx = pipeline.Context(options=options, source=_source(model))
     if quiet:
         ctx.log = lambda msg: None

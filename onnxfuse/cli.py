@@ -170,13 +170,11 @@ def _compress(args) -> int:
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
-        allocate=args.allocate,
-        ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
-        calib_samples=args.calib_samples, preprocess=_preprocess(args),
-        labels_key=args.labels, repair=args.repair, validate=not args.no_validate, normalization=args.normalization,
-        ot_p=args.ot_p, ot_solver=args.ot_solver, ot_reg=args.ot_reg, ot_marginals=args.ot_marginals,
-        ot_features=args.ot_features,
-        device=args.device, seed=args.seed, report_path=args.report)
+        allocate=args.allocate, ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
+        calib_samples=args.calib_samples, preprocess=_preprocess(args), labels_key=args.labels, repair=args.repair,
+        validate=not args.no_validate, normalization=args.normalization, ot_p=args.ot_p, ot_solver=args.ot_solver,
+        ot_reg=args.ot_reg, ot_marginals=args.ot_marginals, ot_features=args.ot_features, device=args.device,
+        seed=args.seed, report_path=args.report)
     save_model(model, args.output, input_path=args.input)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0

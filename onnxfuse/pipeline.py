@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import time
 from collections.abc import Callable
@@ -49,6 +50,23 @@ class Options:
     seed: int = 0
     fusion: FusionOptions = field(default_factory=FusionOptions)
     repair: str = "auto"  # stats when calibration data is given, else none
+
+    @classmethod
+    def from_flat(cls, **options) -> Options:
+        """Options from flat keyword arguments: the fields of Options, and the fusion options as
+        `normalization` and `ot_p`, `ot_solver`, `ot_reg`, `ot_marginals`, `ot_features`."""
+        fusion = {}
+        for key in [k for k in options if k == "normalization" or k.startswith("ot_")]:
+            fusion[key.removeprefix("ot_")] = options.pop(key)
+        known = {f.name for f in dataclasses.fields(cls)} - {"fusion"}
+        unknown = sorted(set(options) - known) + sorted(set(fusion) - {f.name for f in dataclasses.fields(FusionOptions)})
+        if unknown:
+            raise OnnxfuseError(f"unknown option(s) {', '.join(unknown)}")
+        if "ignore" in options:
+            options["ignore"] = tuple(options["ignore"])
+        if options.get("preprocess", ...) is None:
+            del options["preprocess"]
+        return cls(fusion=FusionOptions(**fusion), **options)
 
     def check(self) -> None:
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
