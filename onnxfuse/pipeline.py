@@ -59,7 +59,8 @@ class Options:
         for key in [k for k in options if k == "normalization" or k.startswith("ot_")]:
             fusion[key.removeprefix("ot_")] = options.pop(key)
         known = {f.name for f in dataclasses.fields(cls)} - {"fusion"}
-        unknown = sorted(set(options) - known) + sorted(set(fusion) - {f.name for f in dataclasses.fields(FusionOptions)})
+        known_fusion = {f.name for f in dataclasses.fields(FusionOptions)}
+        unknown = sorted(set(options) - known) + sorted(set(fusion) - known_fusion)
         if unknown:
             raise OnnxfuseError(f"unknown option(s) {', '.join(unknown)}")
         if "ignore" in options:
