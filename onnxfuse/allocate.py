@@ -30,25 +30,37 @@ def output_damage(original, compressed, data: Dataset) -> float:
     return float(((out - ref) ** 2).mean() / max(ref.var(), 1e-12))
 
 
-def measure_sensitivity(ctx, levels=LEVELS) -> dict[int, dict[float, float]]:
+def probe_damage(ctx, **changes) -> float:
+    """Damage of the configured method and repair with some options changed (a probe run)."""
     from . import pipeline
     from .normalize import runnable
 
+    options = dataclasses.replace(ctx.options, target_macs=None, allocate="uniform", validate=False, **changes)
+    probe = pipeline.Context(options, ctx.original, calib=ctx.calib, activity=ctx.activity,
+                             activations=ctx.activations, log=lambda msg: None)
+    probe = pipeline.run(probe, stop_after="repair")
     data = Dataset({k: v[:PROBE_SAMPLES] for k, v in ctx.calib.feeds.items()})
+    return output_damage(ctx.original, runnable(probe.graph, ctx.original), data)
+
+
+def measure_sensitivity(ctx, levels=LEVELS) -> dict[int, dict[float, float]]:
     damage: dict[int, dict[float, float]] = {}
     groups = ctx.analysis.prunable
     total = len(groups) * len(levels)
     for i, group in enumerate(groups):
         damage[group.id] = {0.0: 0.0}
         for j, level in enumerate(levels):
-            options = dataclasses.replace(ctx.options, sparsity=level, only_groups=(group.id,), target_macs=None,
-                                          allocate="uniform", validate=False)
-            probe = pipeline.Context(options, ctx.original, calib=ctx.calib, activity=ctx.activity,
-                                     activations=ctx.activations, log=lambda msg: None)
-            probe = pipeline.run(probe, stop_after="repair")
-            damage[group.id][level] = output_damage(ctx.original, runnable(probe.graph, ctx.original), data)
+            damage[group.id][level] = probe_damage(ctx, sparsity=level, only_groups=(group.id,))
             progress("sensitivity", i * len(levels) + j + 1, total)
     return damage
+
+
+def best_plan(ctx, candidates: dict[str, dict[int, int]]) -> tuple[str, dict[int, int], dict[str, float]]:
+    """The candidate allocation whose whole-network damage on the calibration data is smallest:
+    per-group measurements ignore how groups interact, so the greedy plan must beat uniform."""
+    damage = {name: probe_damage(ctx, fixed_counts=counts) for name, counts in candidates.items()}
+    name = min(damage, key=damage.get)
+    return name, candidates[name], damage
 
 
 def allocate(analysis, damage: dict[int, dict[float, float]], target: float, round_to: int = 1) -> dict[int, int]:

@@ -39,6 +39,7 @@ class Options:
     allocate: str = "uniform"  # or "sensitivity": per-group sparsities measured on calibration data
     ignore: tuple[str, ...] = ()
     only_groups: tuple[int, ...] | None = None  # shrink only these group ids (one-group studies)
+    fixed_counts: dict[int, int] | None = None  # channels each group keeps, decided elsewhere (allocator probes)
     fold_bn: bool = True
     calib: str | None = None  # .npz file or folder of images
     calib_samples: int = 256  # at most this many calibration samples (seeded draw when more)
