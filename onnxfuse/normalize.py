@@ -66,6 +66,7 @@ def normalize(graph: gs.Graph, fold_bn: bool = True) -> list[str]:
     notes = []
     name_nodes(graph)
     notes += constant_nodes_to_initializers(graph)
+    notes += fold_constant_subgraphs(graph)
     notes += remove_identities(graph)
     notes += unshare_constants(graph)
     notes += fold_bias_adds(graph)
@@ -87,18 +88,36 @@ def infer_shapes(graph: gs.Graph, like: onnx.ModelProto) -> gs.Graph:
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
-    """ONNX Runtime's symbolic shape inference resolves shapes computed at run time (Shape →
-    Gather → Concat → Reshape) that plain ONNX inference leaves unknown; fall back to the latter."""
+    """ONNX shape inference; where it leaves a reshaped tensor's non-batch dims unknown (shapes
+    computed at run time: Shape → Gather → Concat → Reshape), ONNX Runtime's symbolic shape
+    inference, which resolves them (it is much slower on large graphs, hence second)."""
     try:
-        inferred = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
-        if inferred is not None:
-            return inferred
-    except Exception:  # it raises assorted errors on ops it does not know; ONNX's own inference follows
-        pass
-    try:
-        return onnx.shape_inference.infer_shapes(model, data_prop=True)
+        inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
         raise OnnxfuseError(f"shape inference failed: {str(exc).splitlines()[0]}") from None
+    if not _unresolved_reshapes(inferred):
+        return inferred
+    try:
+        symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    except Exception:  # it raises assorted errors on ops it does not know; keep ONNX's result
+        return inferred
+    return symbolic if symbolic is not None else inferred
+
+
+RESHAPING_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
+
+
+def _unresolved_reshapes(model: onnx.ModelProto) -> bool:
+    shapes = {v.name: v.type.tensor_type for v in list(model.graph.value_info) + list(model.graph.output)}
+    for node in model.graph.node:
+        if node.op_type not in RESHAPING_OPS:
+            continue
+        tensor = shapes.get(node.output[0])
+        if tensor is None or not tensor.HasField("shape"):
+            return True
+        if any(not d.HasField("dim_value") for d in list(tensor.shape.dim)[1:]):
+            return True
+    return False
 
 
 def name_nodes(graph: gs.Graph) -> None:
@@ -136,6 +155,20 @@ def _constant_value(node: gs.Node):
         if key in attrs:
             return np.asarray(attrs[key], dtype=dtype)
     return None
+
+
+QUANTIZATION_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
+
+
+def fold_constant_subgraphs(graph: gs.Graph) -> list[str]:
+    """Evaluate nodes whose inputs are all constant (a Reshape of a bias, a Cast of weights, shape
+    arithmetic on static shapes) with ONNX Runtime. Quantisation nodes are never folded: a quantised
+    model must stay quantised."""
+    before = len(graph.nodes)
+    graph.fold_constants(error_ok=True, should_exclude_node=lambda node: node.op in QUANTIZATION_OPS)
+    graph.cleanup(remove_unused_graph_inputs=False)
+    folded = before - len(graph.nodes)
+    return [f"{folded} nodes with constant inputs folded"] if folded > 0 else []
 
 
 def remove_identities(graph: gs.Graph) -> list[str]:

@@ -81,3 +81,16 @@ def test_external_data_models_load(tmp_path):
     assert report["params_after"] < report["params_before"]
     weights = {t.name: numpy_helper.to_array(t) for t in compressed.graph.initializer}
     assert all(w.size for w in weights.values())
+
+
+def test_constant_subgraphs_fold():
+    """A bias reshaped at run time from a constant (as PaddlePaddle exports write it) folds away,
+    so the group stays prunable."""
+    n = Net()
+    y = n.conv("x", 3, 8, bias=False)
+    bias = n.op("Reshape", [n.rand(8, scale=0.1), n.const(np.array([1, 8, 1, 1], np.int64))])
+    y = n.relu(n.op("Add", [y, bias]))
+    model = n.model(n.conv(y, 8, 4))
+    ctx = _normalized(model)
+    assert [node.op for node in ctx.graph.nodes] == ["Conv", "Relu", "Conv"]
+    assert [g.width for g in ctx.analysis.prunable] == [8]

@@ -65,3 +65,23 @@ def test_pplcnet_compresses_and_runs(pplcnet):
     before, after = run(pplcnet, x)[0], run(compressed, x)[0]
     assert after.shape == before.shape
     assert np.allclose(after.sum(-1), 1, atol=1e-4)  # still a softmax over the 4 orientations
+
+
+RAPIDOCR = {  # model file → an input size it accepts
+    "ch_ppocr_mobile_v2.0_cls_infer.onnx": (2, 3, 48, 192),
+    "ch_PP-OCRv4_det_infer.onnx": (1, 3, 64, 96),
+    "ch_PP-OCRv4_rec_infer.onnx": (2, 3, 48, 320),
+}
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5])
+@pytest.mark.parametrize("name", sorted(RAPIDOCR))
+def test_rapidocr_models_compress_and_run(name, sparsity):
+    """PaddleOCR's classifier, detector (Resize, ConvTranspose) and recogniser (attention)."""
+    model = onnx.load(str(_package_file("rapidocr_onnxruntime", f"models/{name}")))
+    compressed, report = onnxfuse.compress(model, sparsity, validate=False, quiet=True)
+    onnx.checker.check_model(compressed, full_check=True)
+    assert report["params_after"] < 0.8 * report["params_before"]
+    x = np.random.default_rng(0).standard_normal(RAPIDOCR[name]).astype(np.float32)
+    before, after = run(model, x), run(compressed, x)
+    assert [a.shape for a in after] == [b.shape for b in before]
