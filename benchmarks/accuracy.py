@@ -52,6 +52,17 @@ def test_data() -> tuple[Dataset, str]:
     return Dataset({"input": images.astype(np.float32)}, labels), name
 
 
+def zoo_models(names: str):
+    """(architecture, BN-folded ONNX file) for the comma-separated names present in models/."""
+    for arch in names.split(","):
+        path = ROOT / "models" / f"{arch}_fmnist_folded.onnx"
+        if path.exists():
+            print(f"{arch}:", flush=True)
+            yield arch, path
+        else:
+            print(f"{path.name}: not in models/, skipped", flush=True)
+
+
 def accuracy(model, data: Dataset) -> float:
     logits = run(session(model, "cpu"), data, 500)[0]
     return float((logits.argmax(1) == data.labels).mean())
@@ -129,14 +140,7 @@ def main() -> None:
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
     data, data_name = test_data()
-    results = {}
-    for arch in args.models.split(","):
-        path = ROOT / "models" / f"{arch}_fmnist_folded.onnx"
-        if not path.exists():
-            print(f"{path.name}: not in models/, skipped")
-            continue
-        print(f"{arch}:", flush=True)
-        results[arch] = evaluate_model(path, data, sparsities)
+    results = {arch: evaluate_model(path, data, sparsities) for arch, path in zoo_models(args.models)}
     body = [f"Produced by `python benchmarks/accuracy.py`; top-1 accuracy (%) on the {data_name},",
             "no fine-tuning, no calibration data. L1 importance, exact EMD, uniform marginals.", "",
             "**(a) One group at a time** (the paper's protocol): mean over the last three prunable groups.", ""]

@@ -32,7 +32,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxfuse  # noqa: E402
-from benchmarks.accuracy import accuracy, test_data  # noqa: E402
+from benchmarks.accuracy import accuracy, test_data, zoo_models  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from onnxfuse.graphio import load_model  # noqa: E402
 
@@ -97,12 +97,7 @@ def main() -> None:
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
     data, data_name = test_data()
-    results = {}
-    for arch in args.models.split(","):
-        path = ROOT / "models" / f"{arch}_fmnist_folded.onnx"
-        if path.exists():
-            print(f"{arch}:", flush=True)
-            results[arch] = evaluate(path, data, sparsities)
+    results = {arch: evaluate(path, data, sparsities) for arch, path in zoo_models(args.models)}
     write(results, sparsities, data_name)
     plot(results, sparsities, ROOT / "benchmarks" / "calibrated.png")
 
