@@ -273,3 +273,20 @@ def test_unknown_structure_is_frozen_and_untouched(case):
             if node.name in g["producers"] and node.input[1] in after:
                 assert after[node.input[1]][0] == before[node.input[1]][0]
     assert run(compressed, x)[0].shape == run(model, x)[0].shape
+
+
+def test_quantized_weights_stay_frozen_and_the_model_unchanged():
+    """QDQ: a Conv whose weights come out of DequantizeLinear (and activations through Q/DQ) is
+    never shrunk; with nothing else to prune the output is the input model, unchanged."""
+    n = Net(opset=13)
+    weights = n.const(np.random.default_rng(0).integers(-100, 100, (8, 3, 3, 3)).astype(np.int8))
+    w = n.op("DequantizeLinear", [weights, n.const(np.float32(0.01))])
+    q = n.op("QuantizeLinear", ["x", n.const(np.float32(0.05)), n.const(np.uint8(128))])
+    x = n.op("DequantizeLinear", [q, n.const(np.float32(0.05)), n.const(np.uint8(128))])
+    y = n.relu(n.op("Conv", [x, w], pads=[1, 1, 1, 1]))
+    model = n.model(n.conv(y, 8, 4))
+    groups = onnxfuse.inspect(model)["groups"]
+    assert not any(g["prunable"] for g in groups)
+    assert any("DequantizeLinear" in g["frozen"] or "computed weights" in g["frozen"] for g in groups)
+    compressed, report = onnxfuse.compress(model, 0.5, validate=False, quiet=True)
+    assert compressed.SerializeToString() == model.SerializeToString()
