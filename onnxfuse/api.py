@@ -11,12 +11,12 @@ import onnx
 
 from . import pipeline
 from .channels import Analysis
-from .data import Dataset, load_calibration, load_npz, random_inputs, save_npz
+from .data import Dataset, has_dynamic_dims, load_calibration, load_npz, parse_input_shapes, random_inputs, save_npz
 from .errors import OnnxfuseError
 from .graphio import check_model, check_output_path, load_model
 from .images import Preprocess
 from .metrics import count_macs, count_params
-from .normalize import import_graph, infer_shapes
+from .normalize import import_graph, infer_shapes, with_input_shapes
 from .validate import compare
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -44,9 +44,10 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     return ctx.result, report
 
 
-def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True) -> dict:
+def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
+            input_shape: tuple[str, ...] | list[str] = ()) -> dict:
     """The channel groups of a model: width, producers, consumers, MAC share, prunable or why not."""
-    options = pipeline.Options(ignore=tuple(ignore), fold_bn=fold_bn)
+    options = pipeline.Options(ignore=tuple(ignore), fold_bn=fold_bn, input_shape=tuple(input_shape))
     ctx = pipeline.run(pipeline.Context(options=options, source=_source(model)), stop_after="analyze")
     macs = ctx.report["macs_before"]
     return {"params": ctx.report["params_before"], "macs": macs, "normalize": ctx.report["normalize"],
@@ -55,14 +56,20 @@ def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_
 
 
 def validate(original: ModelLike, compressed: ModelLike, *, data: str | None = None, labels_key: str = "labels",
-             device: str = "auto", seed: int = 0) -> dict:
+             device: str = "auto", seed: int = 0, input_shape: tuple[str, ...] | list[str] = ()) -> dict:
     """Run both models in ONNX Runtime on the same inputs; agreement, errors, accuracy, params, MACs."""
     a, b = _load(original), _load(compressed)
-    dataset = load_npz(data, a, labels_key) if data else random_inputs(a, seed=seed)
+    shapes = parse_input_shapes(list(input_shape), a)
+    dataset = load_npz(data, a, labels_key) if data else random_inputs(a, seed=seed, shapes=shapes)
     report = compare(a, b, dataset, device)
     report["data"] = str(data) if data else "random inputs"
+    if has_dynamic_dims(a):
+        for name, array in dataset.feeds.items():
+            shapes.setdefault(name, [1, *array.shape[1:]])
     for name, model in (("before", a), ("after", b)):
         graph = infer_shapes(import_graph(model), model)
+        if shapes:
+            graph = with_input_shapes(graph, model, shapes)
         report[f"params_{name}"] = count_params(graph)
         report[f"macs_{name}"] = count_macs(graph)
     return report

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from . import api
@@ -46,6 +47,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
                    help="leave the output channels of matching nodes untouched (repeatable)")
     c.add_argument("--keep-bn", action="store_true", help="do not fold BatchNormalization into Conv/Gemm")
+    c.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
+                   help="shape of an input with dynamic dimensions, for MAC counts and random inputs")
     c.add_argument("--calib", help="calibration data: .npz (one array per input, optional labels) or a folder "
                    "of images (see the preprocessing options)")
     _add_calib_options(c)
@@ -63,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     i.add_argument("--json", action="store_true")
     i.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB")
     i.add_argument("--keep-bn", action="store_true")
+    i.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
+                   help="shape of an input with dynamic dimensions, for MAC counts")
 
     v = sub.add_parser("validate", help="compare two models in ONNX Runtime")
     v.add_argument("original")
@@ -71,6 +76,8 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("--labels", default="labels")
     v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
     v.add_argument("--json", action="store_true")
+    v.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
+                   help="shape of an input with dynamic dimensions, for random inputs")
 
     k = sub.add_parser("calib", help="calibration data tools")
     ksub = k.add_subparsers(dest="calib_command", metavar="{make}", required=True, parser_class=_Parser)
@@ -155,6 +162,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("error: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `onnxfuse inspect model.onnx | head`: the reader left, nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 def _compress(args) -> int:
@@ -174,14 +184,14 @@ def _compress(args) -> int:
         calib_samples=args.calib_samples, preprocess=_preprocess(args), labels_key=args.labels, repair=args.repair,
         validate=not args.no_validate, normalization=args.normalization, ot_p=args.ot_p, ot_solver=args.ot_solver,
         ot_reg=args.ot_reg, ot_marginals=args.ot_marginals, ot_features=args.ot_features, device=args.device,
-        seed=args.seed, report_path=args.report)
+        seed=args.seed, input_shape=args.input_shape, report_path=args.report)
     save_model(model, args.output, input_path=args.input)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
 def _inspect(args) -> int:
-    report = api.inspect(args.input, ignore=args.ignore, fold_bn=not args.keep_bn)
+    report = api.inspect(args.input, ignore=args.ignore, fold_bn=not args.keep_bn, input_shape=args.input_shape)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
@@ -195,7 +205,7 @@ def _inspect(args) -> int:
 
 def _validate(args) -> int:
     report = api.validate(args.original, args.compressed, data=args.data, labels_key=args.labels,
-                          device=args.device)
+                          device=args.device, input_shape=args.input_shape)
     print(json.dumps(report, indent=2) if args.json else _validation_text(report))
     return 0
 

@@ -174,20 +174,25 @@ def _check_labels(path: Path, labels: np.ndarray, n: int) -> np.ndarray:
     return labels.astype(np.int64)
 
 
-def random_inputs(model: onnx.ModelProto, batch: int = 8, seed: int = 0) -> Dataset:
-    """Random inputs from the model's input shapes; a dynamic first axis becomes `batch`."""
+def random_inputs(model: onnx.ModelProto, batch: int = 8, seed: int = 0,
+                  shapes: dict[str, list[int]] | None = None) -> Dataset:
+    """Random inputs from the model's input shapes; a dynamic first axis becomes `batch`, other
+    dynamic dimensions come from `shapes` (--input-shape)."""
     rng = np.random.default_rng(seed)
     feeds = {}
     for spec in input_specs(model):
         shape = []
+        given = (shapes or {}).get(spec.name)
         for axis, dim in enumerate(spec.shape):
-            if isinstance(dim, int) and dim > 0:
+            if given is not None and axis > 0:
+                shape.append(int(given[axis]))
+            elif isinstance(dim, int) and dim > 0:
                 shape.append(dim)
             elif axis == 0:
                 shape.append(batch)
             else:
                 raise OnnxfuseError(f"input {spec.name!r} has a dynamic dimension {dim!r} at axis {axis}; "
-                                    "give data with --data/--calib")
+                                    "give data with --data/--calib or a shape with --input-shape")
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind in "iu":
@@ -201,3 +206,31 @@ def random_inputs(model: onnx.ModelProto, batch: int = 8, seed: int = 0) -> Data
 
 def _fmt(shape) -> str:
     return "(" + ", ".join(str(d) if d not in (None, 0) else "?" for d in shape) + ")"
+
+
+def has_dynamic_dims(model: onnx.ModelProto) -> bool:
+    """Whether an input has a dynamic dimension other than the batch axis."""
+    return any(not (isinstance(d, int) and d > 0) for s in input_specs(model) for d in s.shape[1:])
+
+
+def parse_input_shapes(texts: list[str], model: onnx.ModelProto) -> dict[str, list[int]]:
+    """`NAME:1,3,224,224` (or just `1,3,224,224` for a single-input model) → {name: dims}."""
+    specs = input_specs(model)
+    shapes = {}
+    for text in texts:
+        name, _, dims = text.rpartition(":")
+        if not name:
+            if len(specs) != 1:
+                raise OnnxfuseError(f"--input-shape {text!r}: the model has {len(specs)} inputs; write NAME:DIMS")
+            name = specs[0].name
+        if name not in {s.name for s in specs}:
+            raise OnnxfuseError(f"--input-shape {text!r}: the model has no input {name!r}")
+        try:
+            values = [int(v) for v in dims.split(",")]
+        except ValueError:
+            values = []
+        spec = next(s for s in specs if s.name == name)
+        if len(values) != len(spec.shape) or min(values, default=0) < 1:
+            raise OnnxfuseError(f"--input-shape {text!r}: expected {len(spec.shape)} positive integers")
+        shapes[name] = values
+    return shapes

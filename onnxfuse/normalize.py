@@ -38,6 +38,22 @@ def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     return model
 
 
+def with_input_shapes(graph: gs.Graph, like: onnx.ModelProto, shapes: dict[str, list[int]]) -> gs.Graph:
+    """A copy of the graph with these input shapes and shapes inferred from them (to count MACs of
+    a model whose inputs have dynamic spatial dimensions)."""
+    model = runnable(graph, like)
+    for value in model.graph.input:
+        if value.name in shapes:
+            dims = value.type.tensor_type.shape.dim
+            if len(dims) != len(shapes[value.name]):
+                raise OnnxfuseError(f"input shape {shapes[value.name]} for {value.name!r} has the wrong rank "
+                                    f"(the model's input has rank {len(dims)})")
+            for dim, size in zip(dims, shapes[value.name]):
+                dim.Clear()
+                dim.dim_value = int(size)
+    return import_graph(_infer(model))
+
+
 def runnable(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     """The graph as a model ONNX Runtime can run while its shapes are stale (no value_info)."""
     model = export_model(graph, like)

@@ -46,6 +46,7 @@ class Options:
     preprocess: Preprocess = field(default_factory=Preprocess)  # for a folder of images
     data: str | None = None  # validation data; default: calib, else random inputs
     labels_key: str = "labels"
+    input_shape: tuple[str, ...] = ()  # "NAME:1,3,224,224": dynamic input dims for MAC counts and random inputs
     validate: bool = True
     device: str = "auto"
     seed: int = 0
@@ -64,8 +65,9 @@ class Options:
         unknown = sorted(set(options) - known) + sorted(set(fusion) - known_fusion)
         if unknown:
             raise OnnxfuseError(f"unknown option(s) {', '.join(unknown)}")
-        if "ignore" in options:
-            options["ignore"] = tuple(options["ignore"])
+        for key in ("ignore", "input_shape"):
+            if key in options:
+                options[key] = tuple(options[key])
         if options.get("preprocess", ...) is None:
             del options["preprocess"]
         return cls(fusion=FusionOptions(**fusion), **options)
@@ -110,6 +112,7 @@ class Context:
     analysis: Analysis | None = None
     calib: Dataset | None = None
     data: Dataset | None = None
+    input_shapes: dict[str, list[int]] = field(default_factory=dict)  # for inputs with dynamic dims
     activity: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> mean |activation| per channel
     activations: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> (width, samples)
     scores: dict[int, np.ndarray] = field(default_factory=dict)

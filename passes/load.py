@@ -1,6 +1,6 @@
 import onnx
 
-from onnxfuse.data import load_calibration, load_npz
+from onnxfuse.data import has_dynamic_dims, load_calibration, load_npz, parse_input_shapes
 from onnxfuse.graphio import check_model, load_model
 
 
@@ -22,4 +22,9 @@ class Load:
                                          opts.labels_key, log=ctx.log)
         if ctx.options.data:
             ctx.data = load_npz(ctx.options.data, ctx.original, ctx.options.labels_key)
+        ctx.input_shapes = parse_input_shapes(list(ctx.options.input_shape), ctx.original)
+        example = ctx.data or ctx.calib
+        if example is not None and has_dynamic_dims(ctx.original):
+            for name, array in example.feeds.items():
+                ctx.input_shapes.setdefault(name, [1, *array.shape[1:]])
         return ctx

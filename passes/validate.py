@@ -15,7 +15,7 @@ class Validate:
         elif ctx.calib is not None:
             data, source = ctx.calib, f"{ctx.options.calib} (calibration data)"
         else:
-            data, source = random_inputs(ctx.original, seed=ctx.options.seed), "random inputs"
+            data, source = random_inputs(ctx.original, seed=ctx.options.seed, shapes=ctx.input_shapes), "random inputs"
         ctx.report["validation"] = compare(ctx.original, ctx.result, data, ctx.options.device)
         ctx.report["validation"]["data"] = source
         return ctx

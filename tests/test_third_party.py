@@ -85,3 +85,14 @@ def test_rapidocr_models_compress_and_run(name, sparsity):
     x = np.random.default_rng(0).standard_normal(RAPIDOCR[name]).astype(np.float32)
     before, after = run(model, x), run(compressed, x)
     assert [a.shape for a in after] == [b.shape for b in before]
+
+
+def test_dynamic_spatial_inputs_count_macs_at_a_given_shape(tmp_path):
+    """The cls model's input is (N, 3, ?, ?): MACs need a concrete shape (--input-shape)."""
+    path = _package_file("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    small = onnxfuse.inspect(str(path), input_shape=["1,3,48,192"])
+    large = onnxfuse.inspect(str(path), input_shape=["x:1,3,96,384"])
+    assert 3 * small["macs"] < large["macs"] <= 4 * small["macs"]  # conv MACs grow with the area
+    _, report = onnxfuse.compress(str(path), 0.5, input_shape=["1,3,48,192"], quiet=True)
+    assert report["validation"]["samples"] == 8  # random inputs of the given shape
+    assert report["macs_after"] < 0.5 * report["macs_before"]
