@@ -115,9 +115,18 @@ def spatial_pool(node, tensor, axis, g: GraphView):
     x, y = _data_in(node), _out(node)
     if tensor is not x and tensor is not y:
         return []
-    if axis == 1:
-        return [Couple((x.name, 1), (y.name, 1))]
-    return [Freeze((tensor.name, axis), f"{node.op} changes axis {axis} ({node_label(node)})")]
+    if axis != 1:
+        return [Freeze((tensor.name, axis), f"{node.op} changes axis {axis} ({node_label(node)})")]
+    relations = [Couple((x.name, 1), (y.name, 1))]
+    if node.op == "Resize" and isinstance(g.input(node, 3), gs.Constant):
+        relations.append(Fixup(node_label(node), "sizes", _fix_resize_sizes))  # a target size per axis
+    return relations
+
+
+def _fix_resize_sizes(node: gs.Node, new_width, new_index):
+    sizes = np.array(node.inputs[3].values)
+    sizes[1] = new_width((node.outputs[0].name, 1))
+    node.inputs[3] = gs.Constant(f"{node.name}_sizes", sizes)
 
 
 def reduce(node, tensor, axis, g: GraphView):

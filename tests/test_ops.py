@@ -179,6 +179,13 @@ def pad_resize_dropout():
     return n, n.conv(y, 8, 4), [8]
 
 
+def resize_to_sizes():
+    n = Net()
+    y = n.relu(n.conv("x", 3, 8))
+    y = n.op("Resize", [y, "", "", n.const(np.array([1, 8, 16, 16], np.int64))], mode="nearest")
+    return n, n.conv(y, 8, 4), [8]
+
+
 def conv_transpose():
     n = Net()
     y = n.relu(n.conv("x", 3, 8))
@@ -189,7 +196,7 @@ def conv_transpose():
 CASES = [conv_chain, residual, depthwise, depthwise_multiplier, batchnorm, gemm_trans_b, matmul_add,
          activations, broadcast_constants, squeeze_excite, squeeze_excite_reduce_mean, pools_and_gap_head,
          flatten_head, reshape_head, transpose_reshape_head, squeeze_head, concat, split, split_equal_opset18,
-         slice_channels, pad_resize_dropout, conv_transpose]
+         slice_channels, pad_resize_dropout, resize_to_sizes, conv_transpose]
 
 
 def _prunable_widths(model, fold_bn=True):
