@@ -96,11 +96,11 @@ def progress(label: str, done: int, total: int) -> None:
     sys.stderr.flush()
 
 
-def activation_space(group) -> tuple[str, int]:
-    """Where a group's channels are read: a consumer's input (each channel at one position),
-    else what a producer writes."""
-    for role in ("consumer", "producer"):
+def activation_space(group, activations: set[str]) -> tuple[str, int]:
+    """Where a group's channels are read: a consumer's input, else what a producer writes, else
+    any activation the group runs through (`activations`: the names of non-constant tensors)."""
+    for role in ("consumer", "producer", None):
         for member in group.members:
-            if member.role == role and member.scored and group.positions[member.space].shape[1] == 1:
+            if (role is None or member.role == role) and member.space[0] in activations:
                 return member.space
-    return next(iter(group.positions))
+    return next(s for s in group.positions if s[0] in activations)

@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from .graph import GraphView, node_label
-from .ops import Couple, Expand, Fixup, Freeze, Member, Offset, Space, relations_for, seed_spaces
+from .ops import Couple, Expand, Fixup, Freeze, Local, Member, Offset, Space, relations_for, seed_spaces
 
 
 @dataclass
@@ -111,6 +111,9 @@ def _collect_relations(g: GraphView, ignore: tuple[str, ...]):
         widths[space] = width if isinstance(width, int) else None
         for rel in _space_relations(g, tensor, space, ignore):
             add(rel)
+            if isinstance(rel, Local):  # a node's own space: nothing beyond it to explore
+                seen.add(rel.space)
+                widths[rel.space] = rel.width
             for other in _spaces_of(rel):
                 if other not in seen:
                     queue.append(other)
@@ -149,7 +152,7 @@ def _spaces_of(rel) -> list[Space]:
         return [rel.whole, rel.part]
     if isinstance(rel, Expand):
         return [rel.channel, rel.flat]
-    if isinstance(rel, (Member, Freeze)):
+    if isinstance(rel, (Member, Freeze, Local)):
         return [rel.space]
     return []
 

@@ -15,6 +15,7 @@ that axis relates to the axes of the node's other tensors. A rule answers with r
   PRelu slopes, depthwise kernels).
   `scored` members count in magnitude importance (the Torch-Pruning definition: weights and BN
   scales, no biases).
+- `Local(space, width)`: a channel space of one node's own (a grouped conv's per-group channels).
 - `Freeze(space, reason)`: the space must keep all its channels.
 - `Fixup(node, key, apply)`: an attribute or shape constant recomputed from the new widths.
 
@@ -68,6 +69,15 @@ class Member:
 
 
 @dataclass(frozen=True)
+class Local:
+    """A channel space that belongs to one node (a grouped conv's per-group channels), tied to
+    activations by Expand relations and explored no further."""
+
+    space: Space
+    width: int
+
+
+@dataclass(frozen=True)
 class Freeze:
     space: Space
     reason: str
@@ -83,7 +93,7 @@ class Fixup:
         return ("fixup", self.node, self.key)
 
 
-Relation = Couple | Offset | Expand | Member | Freeze | Fixup
+Relation = Couple | Offset | Expand | Member | Local | Freeze | Fixup
 
 
 def _data_in(node: gs.Node) -> gs.Tensor:
@@ -533,7 +543,26 @@ def conv(node, tensor, axis, g: GraphView):
         multiplier = c_out // c_in
         if not transposed or multiplier == 1:
             return _depthwise(x, w, y, b, c_in, multiplier, label)
+    if not transposed and isinstance(c_in, int) and isinstance(c_out, int) and c_in % groups == 0 \
+            and c_out % groups == 0:
+        return _grouped(x, w, y, b, groups, c_in, c_out, label)
     return [Freeze((tensor.name, 1), f"grouped {node.op} with group={groups} ({label})")]
+
+
+def _grouped(x, w, y, b, groups, c_in, c_out, label):
+    """Grouped conv (1 < group < channels): pruning keeps the group count, so channel l of every
+    group goes together, on the input side (the weight's per-group input axis is their space) and
+    on the output side (output channels at the same place in each group form one channel)."""
+    local_in = (w.name, 1)
+    per_in, per_out = c_in // groups, c_out // groups
+    in_index = np.arange(c_in).reshape(groups, per_in).T  # local channel l → l + k·per_in
+    out_index = np.arange(c_out).reshape(groups, per_out).T
+    out_local = (f"{y.name}#per-group", 0)
+    return [Local(local_in, per_in), Expand(local_in, (x.name, 1), in_index),
+            Local(out_local, per_out), Expand(out_local, (y.name, 1), out_index),
+            Member(local_in, w.name, 1, "consumer", label, True),
+            Member((y.name, 1), w.name, 0, "producer", label, True)] + \
+        ([Member((y.name, 1), b.name, 0, "shift", label)] if b is not None else [])
 
 
 def _depthwise(x, w, y, b, c_in, multiplier, label):
