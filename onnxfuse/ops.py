@@ -239,6 +239,30 @@ def batchnorm(node, tensor, axis, g: GraphView):
     return relations
 
 
+def layernorm(node, tensor, axis, g: GraphView):
+    """LayerNormalization over the channel axis alone (channels-last MLPs and transformers): its
+    scale and bias follow the channels. Pruning changes the statistics it normalises with, as it
+    changes any downstream activation; over several axes (C×H×W) it stays frozen."""
+    x, y = _data_in(node), _out(node)
+    if tensor is not x and tensor is not y:
+        return []
+    rank = g.rank(x)
+    first = _norm_axis(int(node.attrs.get("axis", -1)), rank)
+    if axis < first:
+        return [Couple((x.name, axis), (y.name, axis))]
+    if first != rank - 1 or len(node.outputs) > 1 and any(not o.is_empty() for o in node.outputs[1:]):
+        return [Freeze((tensor.name, axis), f"LayerNormalization over several axes ({node_label(node)})")]
+    relations = [Couple((x.name, axis), (y.name, axis))]
+    for i, (role, scored) in ((1, ("param", True)), (2, ("shift", False))):
+        p = g.input(node, i)
+        if p is None:
+            continue
+        if not isinstance(p, gs.Constant) or p.values.ndim != 1:
+            return [Freeze((tensor.name, axis), f"LayerNormalization with computed parameters ({node_label(node)})")]
+        relations.append(Member((x.name, axis), p.name, 0, role, node_label(node), scored))
+    return relations
+
+
 def transpose(node, tensor, axis, g: GraphView):
     x, y = _data_in(node), _out(node)
     rank = g.rank(x)
@@ -652,6 +676,7 @@ def _table() -> dict[str, Callable]:
         "PRelu": prelu,
         "BatchNormalization": batchnorm,
         "InstanceNormalization": batchnorm,
+        "LayerNormalization": layernorm,
         "Transpose": transpose,
         "Squeeze": squeeze_like,
         "Unsqueeze": squeeze_like,

@@ -285,6 +285,23 @@ def test_unknown_structure_is_frozen_and_untouched(case):
     assert run(compressed, x)[0].shape == run(model, x)[0].shape
 
 
+def test_layernorm_over_channels_prunes_with_its_parameters():
+    """A channels-last MLP block: MatMul → LayerNormalization(axis=-1) → MatMul. LayerNorm's
+    statistics change when channels go (not exact, as for any activation); it must stay valid
+    and sparsity 0 must reproduce the outputs."""
+    n = Net(input_shape=("N", 5, 16), opset=17)
+    y = n.op("MatMul", ["x", n.rand(16, 12)])
+    y = n.op("LayerNormalization", [y, n.const(np.ones(12, np.float32)), n.rand(12, scale=0.1)], axis=-1)
+    model = n.model(n.op("MatMul", [n.relu(y), n.rand(12, 4)]))
+    assert [g["width"] for g in onnxfuse.inspect(model)["groups"] if g["prunable"]] == [12]
+    x = n.input()
+    same, _ = onnxfuse.compress(model, 0.0, validate=False, quiet=True)
+    np.testing.assert_allclose(run(same, x)[0], run(model, x)[0], atol=1e-5)
+    half, _ = onnxfuse.compress(model, 0.5, method="fuse", validate=False, quiet=True)
+    onnx.checker.check_model(half, full_check=True)
+    assert run(half, x)[0].shape == run(model, x)[0].shape
+
+
 def test_quantized_weights_stay_frozen_and_the_model_unchanged():
     """QDQ: a Conv whose weights come out of DequantizeLinear (and activations through Q/DQ) is
     never shrunk; with nothing else to prune the output is the input model, unchanged."""
