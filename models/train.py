@@ -26,13 +26,17 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import torch
-import torch.nn as nn
-import torch.nn.functional as F
+# must be set before torch loads OpenMP: spinning worker threads of a niced job on
+# a busy machine waste most of its CPU share
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import fmnist
-from .zoo import build
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn as nn  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+from . import fmnist  # noqa: E402
+from .zoo import build  # noqa: E402
 
 MODELS_DIR = Path(__file__).resolve().parent
 CKPT_DIR = MODELS_DIR / "checkpoints"
