@@ -42,7 +42,7 @@ def channel_stats(model: onnx.ModelProto, data: Dataset, tensors: dict[str, int]
                   device: str = "cpu", label: str = "capture") -> dict[str, ChannelStats]:
     """Mean and variance of every channel of each tensor (name → channel axis) over all other axes."""
     names = list(tensors)
-    sess = session(with_outputs(model, names), device)
+    sess = session(with_outputs(model, names), device, fuse_nodes=False)
     acc = {name: [0, 0.0, 0.0, 0.0] for name in names}
     batches = list(range(0, len(data), batch_size))
     for step, feeds in enumerate(data.batches(batch_size)):
@@ -68,7 +68,7 @@ def sampled_activations(model: onnx.ModelProto, data: Dataset, tensors: dict[str
     random spatial positions (all of them for tensors without spatial axes), the same for every
     channel, so columns are comparable across channels."""
     names = list(tensors)
-    sess = session(with_outputs(model, names), device)
+    sess = session(with_outputs(model, names), device, fuse_nodes=False)
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     total = -(-len(data) // batch_size)

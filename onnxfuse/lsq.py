@@ -45,7 +45,7 @@ def _refit(graph, like, original, space_maps: SpaceMaps, node: gs.Node, data: Da
     with_bias = node.op != "MatMul"  # a MatMul has no bias input: fit the weights alone
     new_model = with_outputs(runnable(graph, like), [x_name])
     old_model = with_outputs(original, [y_name])
-    sess_new, sess_old = session(new_model, "cpu"), session(old_model, "cpu")
+    sess_new, sess_old = session(new_model, "cpu", fuse_nodes=False), session(old_model, "cpu", fuse_nodes=False)
     rng = np.random.default_rng(seed)
     xtx = xty = None
     out_map = _output_map(space_maps, node, y_name)

@@ -27,9 +27,13 @@ def providers_for(device: str = "auto") -> list[str]:
     return DEVICE_PROVIDERS[device]
 
 
-def session(model: onnx.ModelProto, device: str = "auto") -> ort.InferenceSession:
+def session(model: onnx.ModelProto, device: str = "auto", fuse_nodes: bool = True) -> ort.InferenceSession:
+    """`fuse_nodes=False` for models that expose intermediate tensors as outputs: ONNX Runtime's
+    extended fusions (Conv+Add+Relu …) can drop such a tensor and then fail to load the model."""
     options = ort.SessionOptions()
     options.log_severity_level = 3
+    if not fuse_nodes:
+        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
     provider_options = [{"use_tf32": "0"} if p == "CUDAExecutionProvider" else {}
                         for p in providers_for(device)]
     try:

@@ -101,3 +101,16 @@ def test_lsq_reproduces_a_linear_consumer_when_kept_channels_span_the_removed(tm
     np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
     plain = pipeline.run(pipeline.Context(pipeline.Options(sparsity=0.5, validate=False), model)).result
     assert np.abs(run(plain, fresh)[0] - want).max() > 1e-2 * np.abs(want).max()  # without repair it is not
+
+
+def test_capture_survives_onnx_runtime_fusions(tmp_path):
+    """ResNet-18 at 0.7 with stats repair exposes a shortcut Conv's output that ONNX Runtime's
+    extended Conv+Add fusion would swallow (the session then fails to load): capture sessions
+    run with basic optimisations only."""
+    calib = np.load(CALIB)["input"][:32]
+    np.savez(tmp_path / "calib.npz", input=calib)
+    model = ROOT / "models" / "resnet18_fmnist_folded.onnx"
+    options = pipeline.Options(sparsity=0.7, method="prune", repair="stats", calib=str(tmp_path / "calib.npz"),
+                               validate=False)
+    ctx = pipeline.run(pipeline.Context(options, str(model)), stop_after="repair")
+    assert len(ctx.report["repair"]) == sum(len(producer_members(ctx.analysis.groups[g])) for g in ctx.space_maps.maps)
