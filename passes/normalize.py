@@ -7,7 +7,7 @@ class Normalize:
     name = "normalize"
 
     def run(self, ctx):
-        graph = import_graph(ctx.original)
+        graph = infer_shapes(import_graph(ctx.original), ctx.original)  # shapes let Shape ops fold
         notes = normalize(graph, fold_bn=ctx.options.fold_bn)
         ctx.graph = infer_shapes(graph, ctx.original)
         ctx.report["normalize"] = notes
