@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import merge_results, write_section  # noqa: E402
 from models import fmnist  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
 from onnxfuse.data import Dataset  # noqa: E402
@@ -140,7 +140,8 @@ def main() -> None:
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
     data, data_name = test_data()
-    results = {arch: evaluate_model(path, data, sparsities) for arch, path in zoo_models(args.models)}
+    results = merge_results("accuracy", {arch: evaluate_model(path, data, sparsities)
+                                         for arch, path in zoo_models(args.models)})
     body = [f"Produced by `python benchmarks/accuracy.py`; top-1 accuracy (%) on the {data_name},",
             "no fine-tuning, no calibration data. L1 importance, exact EMD, uniform marginals.", "",
             "**(a) One group at a time** (the paper's protocol): mean over the last three prunable groups.", ""]

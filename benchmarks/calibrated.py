@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnxfuse  # noqa: E402
 from benchmarks.accuracy import accuracy, test_data, zoo_models  # noqa: E402
-from benchmarks.results import write_section  # noqa: E402
+from benchmarks.results import merge_results, write_section  # noqa: E402
 from onnxfuse.graphio import load_model  # noqa: E402
 
 CALIB = str(ROOT / "models" / "data" / "fmnist_calib512.npz")
@@ -97,7 +97,8 @@ def main() -> None:
     args = parser.parse_args()
     sparsities = [float(s) for s in args.sparsities.split(",")]
     data, data_name = test_data()
-    results = {arch: evaluate(path, data, sparsities) for arch, path in zoo_models(args.models)}
+    results = merge_results("calibrated", {arch: evaluate(path, data, sparsities)
+                                           for arch, path in zoo_models(args.models)})
     write(results, sparsities, data_name)
     plot(results, sparsities, ROOT / "benchmarks" / "calibrated.png")
 

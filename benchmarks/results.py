@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import json
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -19,3 +21,37 @@ def write_section(title: str, body: str) -> None:
         text = text.rstrip("\n") + "\n\n" + section
     RESULTS.write_text(text)
     print(f"wrote section '{title}' of {RESULTS}")
+
+
+def merge_results(kind: str, new: dict) -> dict:
+    """Store this run's per-model results in benchmarks/<kind>.json next to earlier runs' (a model
+    measured again replaces its old entry) and return them all, so a run over some models keeps
+    the tables of the others."""
+    path = RESULTS.parent / f"{kind}.json"
+    stored = json.loads(path.read_text()) if path.exists() else {}
+    stored.update(_encode(new))
+    path.write_text(json.dumps(stored, indent=1, sort_keys=True) + "\n")
+    return _decode(stored)
+
+
+def _encode(value):
+    if isinstance(value, dict):
+        return {("|".join(map(str, k)) if isinstance(k, tuple) else str(k)): _encode(v) for k, v in value.items()}
+    if isinstance(value, tuple):
+        return list(value)
+    return value
+
+
+def _decode(value):
+    if not isinstance(value, dict):
+        return tuple(value) if isinstance(value, list) else value
+    out = {}
+    for key, item in value.items():
+        if "|" in key:
+            name, number = key.rsplit("|", 1)
+            key = (name, float(number))
+        else:
+            with contextlib.suppress(ValueError):
+                key = float(key)
+        out[key] = _decode(item)
+    return out
