@@ -160,7 +160,8 @@ VGG11_CFG = [64, "M", 128, "M", 256, 256, "M", 512, 512, "M", 512, 512]
 
 
 class VGG(nn.Module):
-    """VGG11-BN for 28x28: 28->14->7->3 px, last two convs at 3x3, then GAP ->
+    """VGG11-BN for 28x28: four max-pools, 28->14->7->3->1 px (the last two 3x3
+    convs see a 1x1 map, like the 2x2 last stage of CIFAR VGG), then GAP ->
     small classifier (Linear-ReLU-Dropout-Linear)."""
 
     def __init__(self, cfg=VGG11_CFG, width=1.0, num_classes=NUM_CLASSES):
