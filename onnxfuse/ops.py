@@ -487,6 +487,12 @@ def _reshape_groups(in_shape, out_shape):
     in_shape, out_shape = _match_one_dynamic_dim(in_shape, out_shape)
     groups, i = [], 0
     for o, dim in enumerate(out_shape):
+        if dim == 1 and (i >= len(in_shape) or in_shape[i] != 1):
+            groups.append(([], o))  # a new size-1 axis, e.g. an SE gate (N, C) → (N, C, 1, 1)
+            continue
+        while groups and i < len(in_shape) and in_shape[i] == 1 and dim != 1:
+            groups[-1][0].append(i)  # a size-1 input axis that disappears
+            i += 1
         if i >= len(in_shape):
             return None
         axes = [i]

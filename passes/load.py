@@ -13,7 +13,8 @@ class Load:
     def run(self, ctx):
         if isinstance(ctx.source, onnx.ModelProto):
             check_model(ctx.source)
-            ctx.original = ctx.source
+            ctx.original = onnx.ModelProto()
+            ctx.original.CopyFrom(ctx.source)  # the graph tools write into the protos they import
         else:
             ctx.original = load_model(ctx.source)
         if ctx.options.calib and ctx.calib is None:  # probes of the allocator pass it in

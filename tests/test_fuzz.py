@@ -5,8 +5,7 @@ Properties, for every example:
   * `inspect` runs on the export, and every frozen group says why;
   * `compress` returns a model that passes `onnx.checker.check_model(full_check=True)`, keeps the
     input and output names, runs in ONNX Runtime (CPU) with the same output shapes and dtypes as
-    the original, and leaves the model it was given unchanged (up to one known in-place change,
-    see the xfail test_input_model_bytes_unchanged);
+    the original, and leaves the model it was given unchanged;
   * sparsity 0 shrinks no group with round_to 1 and, whenever no group shrank (round_to > 1
     rounds widths down to a multiple, by design), reproduces the original outputs (max abs error
     ≤ 1e-4 · max(1, max |output|)) and the MACs;
@@ -25,8 +24,7 @@ same proportion:
 dynamo exporter itself failed: the `dynamo export failed: ...` events.) Set
 ONNXFUSE_FUZZ_RANDOM=1 to draw new examples instead of the derandomized ones.
 
-The small tests at the end keep what the fuzzing found: a regression test for a fixed bug and
-minimal reproducers, marked xfail(strict=True), of the open ones.
+The small tests at the end keep what the fuzzing found, as regression tests.
 """
 
 from __future__ import annotations
@@ -209,27 +207,16 @@ def _assert_close(names, expected, actual, what: str) -> None:
         assert err <= TOL * scale, f"{what}: output {name} max abs error {err:.3g} (max |output| {scale:.3g})"
 
 
-def _unchanged(model: onnx.ModelProto, data: bytes) -> bool:
-    """The model still serialises to `data`, up to an empty `name` set on Constant-node attribute
-    tensors (a known in-place change, see test_input_model_bytes_unchanged)."""
-    model = onnx.load_from_string(model.SerializeToString())
-    for node in model.graph.node:
-        for attr in node.attribute:
-            if attr.HasField("t") and attr.t.HasField("name") and not attr.t.name:
-                attr.t.ClearField("name")
-    return model.SerializeToString() == data
-
-
 def check_properties(data: bytes, spec: Spec, options: dict, batch: int) -> None:
     model = onnx.load_from_string(data)
 
     groups = onnxfuse.inspect(model)["groups"]
     for g in groups:
         assert g["prunable"] or (isinstance(g.get("frozen"), str) and g["frozen"].strip()), g
-    assert _unchanged(model, data), "inspect modified its input"
+    assert model.SerializeToString() == data, "inspect modified its input"
 
     result, report = onnxfuse.compress(model, validate=False, quiet=True, **options)
-    assert _unchanged(model, data), "compress modified its input"
+    assert model.SerializeToString() == data, "compress modified its input"
     onnx.checker.check_model(result, full_check=True)
     for kind in ("input", "output"):
         assert _names(result, kind) == _names(model, kind), kind
@@ -332,14 +319,10 @@ def _tiny_model_with_constant_node() -> onnx.ModelProto:
     return model
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "inspect/compress modify the caller's ModelProto in place: since 8e0d590 Normalize exports the "
-    "graph imported from ctx.original (infer_shapes before folding); onnx-graphsurgeon's exporter "
-    "reuses the original TensorProto of a LazyValues constant and sets its name "
-    "(OnnxExporter.export_tensor_proto: `onnx_tensor.name = tensor.name`), so every Constant-node "
-    "attribute tensor gets `name: \"\"` set; harmless for ONNX, but the bytes change"))
 @pytest.mark.parametrize("api", ["inspect", "compress"])
 def test_input_model_bytes_unchanged(api):
+    """onnx-graphsurgeon's exporter writes into the TensorProtos of the model it imported (it set
+    an empty name on Constant-node tensors); the caller's model must stay as it was."""
     model = _tiny_model_with_constant_node()
     data = model.SerializeToString()
     if api == "inspect":
@@ -349,13 +332,10 @@ def test_input_model_bytes_unchanged(api):
     assert model.SerializeToString() == data
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "Reshape (N, C) -> (N, C, 1, 1) (the SE gate written `s.view(-1, C, 1, 1)` or "
-    "`s.reshape(N, C, 1, 1)`) freezes the SE hidden group and the gated main-path group with "
-    "'Reshape that cannot be matched axis by axis': ops._reshape_groups attaches trailing size-1 "
-    "input axes but returns None for trailing size-1 output axes (both exporters; Unsqueeze works)"))
 @pytest.mark.parametrize("how", ["view", "reshape"])
 def test_se_gate_reshaped_to_nc11_is_prunable(how):
+    """The SE gate written `s.view(-1, C, 1, 1)` or `s.reshape(N, C, 1, 1)`: a Reshape that adds
+    size-1 axes couples the channels like Unsqueeze does."""
     spec = Spec(stem=8, blocks=(("se", 4, how, "sigmoid"),), head=("gap", 0))
     groups = onnxfuse.inspect(onnx.load_from_string(_torchscript(spec, 17, True, False)))["groups"]
     frozen = [g["frozen"] for g in groups if not g["prunable"] and not g["frozen"].startswith("graph")]
