@@ -133,15 +133,20 @@ def plot(results: dict, sparsities: list[float], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
+def parse_args(description: str) -> tuple[str, list[float]]:
+    """--models and --sparsities, shared by the accuracy benchmarks."""
+    parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--models", default="tinyres,resnet18,vgg11bn,mobilenetv2,resnet50s")
     parser.add_argument("--sparsities", default="0.3,0.5,0.7")
     args = parser.parse_args()
-    sparsities = [float(s) for s in args.sparsities.split(",")]
+    return args.models, [float(s) for s in args.sparsities.split(",")]
+
+
+def main() -> None:
+    models, sparsities = parse_args(__doc__.splitlines()[0])
     data, data_name = test_data()
     results = merge_results("accuracy", {arch: evaluate_model(path, data, sparsities)
-                                         for arch, path in zoo_models(args.models)})
+                                         for arch, path in zoo_models(models)})
     body = [f"Produced by `python benchmarks/accuracy.py`; top-1 accuracy (%) on the {data_name},",
             "no fine-tuning, no calibration data. L1 importance, exact EMD, uniform marginals.", "",
             "**(a) One group at a time** (the paper's protocol): mean over the last three prunable groups.", ""]

@@ -21,7 +21,6 @@ benchmarks/calibrated.png.
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from pathlib import Path
@@ -32,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxfuse  # noqa: E402
-from benchmarks.accuracy import accuracy, test_data, zoo_models  # noqa: E402
+from benchmarks.accuracy import accuracy, parse_args, test_data, zoo_models  # noqa: E402
 from benchmarks.results import merge_results, write_section  # noqa: E402
 from onnxfuse.graphio import load_model  # noqa: E402
 
@@ -91,14 +90,10 @@ def evaluate(path: Path, data, sparsities) -> dict:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--models", default="tinyres,resnet18,vgg11bn,mobilenetv2,resnet50s")
-    parser.add_argument("--sparsities", default="0.3,0.5,0.7")
-    args = parser.parse_args()
-    sparsities = [float(s) for s in args.sparsities.split(",")]
+    models, sparsities = parse_args(__doc__.splitlines()[0])
     data, data_name = test_data()
     results = merge_results("calibrated", {arch: evaluate(path, data, sparsities)
-                                           for arch, path in zoo_models(args.models)})
+                                           for arch, path in zoo_models(models)})
     write(results, sparsities, data_name)
     plot(results, sparsities, ROOT / "benchmarks" / "calibrated.png")
 

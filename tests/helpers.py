@@ -68,3 +68,15 @@ def zero_dropped_channels(model: onnx.ModelProto, sparsity: float, *, fold_bn: b
             moved[group.positions[member.space][dropped].ravel()] = 0
             tensors[member.tensor].values = values
     return export_model(ctx.graph, model)
+
+
+def run_cli(argv, capsys) -> tuple[int, str, str]:
+    """`onnxfuse ARGV` in-process: (exit code, stdout, stderr)."""
+    from onnxfuse.cli import main
+
+    try:
+        code = main([str(a) for a in argv])
+    except SystemExit as exc:
+        code = exc.code
+    out, err = capsys.readouterr()
+    return code, out, err

@@ -19,6 +19,7 @@ from onnxfuse.data import load_calibration
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.images import Preprocess
 from onnxfuse.pipeline import Options
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 TINYRES = ROOT / "models" / "tinyres_fmnist_folded.onnx"  # input `input` float32 (N,1,28,28), raw 0..255
@@ -42,15 +43,6 @@ def save_png(folder: Path, name: str, pixels: np.ndarray) -> Path:
     path = folder / name
     Image.fromarray(pixels).save(path)
     return path
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _tree(root: Path) -> dict[str, str | None]:

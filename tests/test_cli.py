@@ -17,6 +17,7 @@ import pytest
 import onnxfuse
 from onnxfuse.cli import main
 from onnxfuse.errors import OnnxfuseError
+from tests.helpers import run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDED = ROOT / "models" / "tinyres_fmnist_folded.onnx"
@@ -27,15 +28,6 @@ GROUP_KEYS = {"id", "width", "producers", "consumers", "mac_share", "prunable"}
 
 def _sha(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
-
-
-def run_cli(argv, capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
 
 
 def _session(path_or_model) -> ort.InferenceSession:
