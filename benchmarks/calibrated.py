@@ -139,8 +139,8 @@ def plot(results, sparsities, path: Path) -> None:
         for name in VARIANTS:
             ax.plot(macs, [100 * r["uniform"][name, s] for s in sparsities], marker="o", label=name)
         for variant in sorted({v for v, _ in r["onnxsim"]}):
-            ax.plot(macs, [100 * r["onnxsim"][variant, s] for s in sparsities], marker="x", linestyle=":",
-                    label=f"onnxsim {variant}")
+            cells = [(r["macs"][s], 100 * r["onnxsim"][variant, s]) for s in sparsities if (variant, s) in r["onnxsim"]]
+            ax.plot(*zip(*cells), marker="x", linestyle=":", label=f"onnxsim {variant}")
         alloc = sorted(r["allocated"].values(), key=lambda t: t[1])
         ax.plot([m for _, m in alloc], [100 * a for a, _ in alloc], marker="*", markersize=10, linestyle="--",
                 label="IF + lsq, sensitivity allocation")
