@@ -454,7 +454,30 @@ def reshape(node, tensor, axis, g: GraphView):
     relations = _merge_relations(node, tensor, axis, x, y, in_shape, groups)
     if isinstance(node.inputs[1], gs.Constant):
         relations.append(Fixup(node_label(node), "reshape", _fix_reshape))
+        return relations
+    # A shape computed at run time is safe only where its entry for this axis is read from the
+    # running tensors or is -1/0; a fixed channel count inside it cannot follow the new width.
+    out_axis = axis if tensor is y else next((o for a, o in groups if axis in a), None)
+    entries = _concat_entries(node.inputs[1], g)
+    if entries is None or out_axis is None or out_axis >= len(entries) or entries[out_axis] not in (None, -1, 0):
+        return [Freeze((tensor.name, axis), f"Reshape to a computed shape with a fixed size ({node_label(node)})")]
     return relations
+
+
+def _concat_entries(shape: gs.Tensor, g: GraphView) -> list[int | None] | None:
+    """The entries of a shape built by Concat: constants where known, None where computed."""
+    producer = shape.inputs[0] if shape.inputs else None
+    if producer is None or producer.op != "Concat":
+        return None
+    entries = []
+    for part in producer.inputs:
+        if isinstance(part, gs.Constant):
+            entries += [int(v) for v in np.asarray(part.values).ravel()]
+        elif isinstance(g.dim(part, 0), int) and g.rank(part) == 1:
+            entries += [None] * g.dim(part, 0)
+        else:
+            return None
+    return entries
 
 
 def _merge_relations(node, tensor, axis, x, y, in_shape, groups):
