@@ -70,7 +70,8 @@ def main() -> None:
                   f"fuse {fuse['total']:.2f} s, peak RSS {prune['peak_rss_mb']:.0f} / {fuse['peak_rss_mb']:.0f} MB",
                   flush=True)
     lines = ["Produced by `python benchmarks/speed.py`: `compress --sparsity 0.5` of the zoo architectures",
-             "with random weights (BN folded), each run in a fresh process on this machine (2 cores).", "",
+             "with random weights (BN folded), each run in a fresh process on this machine (2 cores; other",
+             "work on the machine at the same time shows in the figures).", "",
              "| model | params | widest group | prune s | fuse s | fuse / prune | peak RSS prune / fuse |",
              "|---|---|---|---|---|---|---|"]
     for name, prune, fuse in rows:
