@@ -7,6 +7,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
+import numpy as np
 import onnx
 
 from . import pipeline
@@ -134,10 +135,7 @@ def summary(report: dict) -> str:
         f"MACs:   {report['macs_before']:,} -> {report['macs_after']:,} "
         f"({_ratio(report['macs_after'], report['macs_before'])})",
     ]
-    before = report.get("validation_before_repair")
-    if before and "accuracy_compressed" in before:
-        lines.append(f"before repair: top-1 agreement {100 * before['top1_agreement']:.1f}%, "
-                     f"accuracy {100 * before['accuracy_compressed']:.2f}%")
+    lines += _repair_lines(report)
     val = report.get("validation")
     if val:
         line = f"validation on {val['samples']} samples of {val['data']} ({val['provider']}):"
@@ -151,6 +149,26 @@ def summary(report: dict) -> str:
             line += f", max output error {max(errors):.3g}"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _repair_lines(report: dict) -> list[str]:
+    """What the repair step recovered: its own fit per group/consumer, and agreement before it."""
+    lines, steps = [], report.get("repair") or []
+    if steps and "output_error_before" in steps[0]:
+        before, after = (np.mean([s[key] for s in steps]) for key in ("output_error_before", "output_error_after"))
+        lines.append(f"lsq repair: {len(steps)} consumers refit, mean relative output error on the calibration "
+                     f"data {before:.3f} -> {after:.3f}")
+    elif steps:
+        error = np.mean([s["std_error_before"] for s in steps])
+        lines.append(f"stats repair: {len(steps)} groups; the new channels' std was off its target by "
+                     f"{100 * error:.0f}% on average, matched after")
+    before = report.get("validation_before_repair")
+    if before and "top1_agreement" in before:
+        line = f"before repair: top-1 agreement {100 * before['top1_agreement']:.1f}%"
+        if "accuracy_compressed" in before:
+            line += f", accuracy {100 * before['accuracy_compressed']:.2f}%"
+        lines.append(line)
+    return lines
 
 
 def _compress_report(ctx: pipeline.Context) -> dict:

@@ -48,6 +48,7 @@ def _refit(graph, like, original, space_maps: SpaceMaps, node: gs.Node, data: Da
     sess_new, sess_old = session(new_model, "cpu", fuse_nodes=False), session(old_model, "cpu", fuse_nodes=False)
     rng = np.random.default_rng(seed)
     xtx = xty = None
+    yty = 0.0
     out_map = _output_map(space_maps, node, y_name)
     for feeds in data.batches(32):
         x = sess_new.run([x_name], feeds)[0].astype(np.float64)
@@ -59,11 +60,39 @@ def _refit(graph, like, original, space_maps: SpaceMaps, node: gs.Node, data: Da
             patches = np.concatenate([patches, np.ones((len(patches), 1))], axis=1)
         xtx = patches.T @ patches if xtx is None else xtx + patches.T @ patches
         xty = patches.T @ targets if xty is None else xty + patches.T @ targets
+        yty += float(np.sum(targets * targets))
     ridge = RIDGE * max(np.trace(xtx) / len(xtx), 1e-12)
     solution = np.linalg.solve(xtx + ridge * np.eye(len(xtx)), xty)  # (D [+ 1], C_out)
+    error_before = _relative_error(_current_solution(node, with_bias), xtx, xty, yty)
     weights, bias = (solution[:-1].T, solution[-1]) if with_bias else (solution.T, None)
     change = _write(node, weights, bias)
-    return {"node": node.name, "features": int(weights.shape[1]), "relative_weight_change": change}
+    return {"node": node.name, "features": int(weights.shape[1]), "relative_weight_change": change,
+            "output_error_before": error_before, "output_error_after": _relative_error(solution, xtx, xty, yty)}
+
+
+def _relative_error(solution: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: float) -> float:
+    """‖Y − X·S‖ / ‖Y‖ on the sampled positions, from the normal equations alone."""
+    squared = yty - 2 * np.sum(solution * xty) + np.sum(solution * (xtx @ solution))
+    return float(np.sqrt(max(squared, 0.0) / max(yty, 1e-300)))
+
+
+def _current_solution(node: gs.Node, with_bias: bool) -> np.ndarray:
+    """The node's present weights (and bias) in the layout of the least-squares solution."""
+    old = np.asarray(node.inputs[1].values, dtype=np.float64)
+    if node.op == "Conv":
+        weights = old.reshape(old.shape[0], -1)
+    elif node.op == "Gemm":
+        alpha = float(node.attrs.get("alpha", 1.0))
+        weights = old * alpha if node.attrs.get("transB", 0) else (old * alpha).T
+    else:
+        weights = old.T
+    if not with_bias:
+        return weights.T
+    bias = np.zeros(weights.shape[0])
+    if len(node.inputs) > 2 and isinstance(node.inputs[2], gs.Constant):
+        beta = float(node.attrs.get("beta", 1.0)) if node.op == "Gemm" else 1.0
+        bias = np.broadcast_to(np.asarray(node.inputs[2].values, dtype=np.float64) * beta, weights.shape[:1])
+    return np.concatenate([weights.T, bias[None, :]], axis=0)
 
 
 def _output_map(space_maps: SpaceMaps, node: gs.Node, y_name: str):

@@ -61,7 +61,7 @@ def _correct(graph, analysis, space_maps, group, space, before: ChannelStats, no
             _scale_rows(tensors[member.tensor], member.axis, new_pos, scale)
     _add_rows(bias, new_pos, shift, scale)
     return {"group": group.id, "tensor": space[0],
-            "std_ratio_before": float(np.mean(std / np.maximum(target_std, MIN_STD))),
+            "std_error_before": float(np.mean(np.abs(std / np.maximum(target_std, MIN_STD) - 1))),
             "mean_error_before": float(np.mean(np.abs(mean - target_mean)))}
 
 

@@ -101,6 +101,10 @@ def test_lsq_reproduces_a_linear_consumer_when_kept_channels_span_the_removed(tm
     np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
     plain = pipeline.run(pipeline.Context(pipeline.Options(sparsity=0.5, validate=False), model)).result
     assert np.abs(run(plain, fresh)[0] - want).max() > 1e-2 * np.abs(want).max()  # without repair it is not
+    [fit] = ctx.report["repair"]  # what the refit recovered, measured on sampled calibration positions
+    pruned_error = np.linalg.norm(run(plain, x)[0] - run(model, x)[0]) / np.linalg.norm(run(model, x)[0])
+    assert fit["output_error_before"] == pytest.approx(pruned_error, rel=0.1)
+    assert fit["output_error_after"] < 1e-4
 
 
 def test_capture_survives_onnx_runtime_fusions(tmp_path):
