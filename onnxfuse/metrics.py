@@ -34,18 +34,22 @@ def _shape(tensor):
     return _static(list(tensor.values.shape) if isinstance(tensor, gs.Constant) else tensor.shape)
 
 
+ORT_FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}  # com.microsoft ops with an activation
+
+
 def _macs(node: gs.Node) -> int:
-    if node.op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+    op = ORT_FUSED.get(node.op, node.op) if node.domain == "com.microsoft" else node.op
+    if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
         return 0
     x, w, y = _shape(node.inputs[0]), _shape(node.inputs[1]), _shape(node.outputs[0])
     if x is None or w is None or y is None or len(w) == 0:
         return 0
-    if node.op == "Conv":
+    if op == "Conv":
         # each output element reads (C_in / group) × kernel inputs
         return int(np.prod(y[1:]) * np.prod(w[1:]))
-    if node.op == "ConvTranspose":
+    if op == "ConvTranspose":
         return int(np.prod(x[1:]) * np.prod(w[1:]))
-    if node.op == "Gemm":
+    if op == "Gemm":
         k = x[0] if node.attrs.get("transA", 0) else x[-1]
         return int(np.prod(y) * k)
     return int(np.prod(y) * x[-1])

@@ -107,6 +107,39 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference; where it leaves a reshaped tensor's non-batch dims unknown (shapes
     computed at run time: Shape → Gather → Concat → Reshape), ONNX Runtime's symbolic shape
     inference, which resolves them (it is much slower on large graphs, hence second)."""
+    originals = _stand_ins(model)
+    inferred = _infer_standard(model)
+    for node in list(model.graph.node) + list(inferred.graph.node):
+        if node.output and node.output[0] in originals:
+            node.CopyFrom(originals[node.output[0]])
+    return inferred
+
+
+# Ops ONNX infers no shapes for, and a standard op whose output has the same shape: ONNX
+# Runtime's fused ops (the activation and an added Z are elementwise), GroupNormalization-21 (a
+# function without inference).
+STAND_INS = {("com.microsoft", "FusedConv"): ("Conv", 3), ("com.microsoft", "FusedGemm"): ("Gemm", 3),
+             ("", "GroupNormalization"): ("Identity", 1)}
+
+
+def _stand_ins(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Replace those ops by their stand-ins in place; returns the originals by first output."""
+    originals = {}
+    for node in model.graph.node:
+        if (node.domain, node.op_type) not in STAND_INS:
+            continue
+        originals[node.output[0]] = onnx.NodeProto()
+        originals[node.output[0]].CopyFrom(node)
+        node.domain, (node.op_type, inputs) = "", STAND_INS[(node.domain, node.op_type)]
+        del node.input[inputs:]
+        known = onnx.defs.get_schema(node.op_type).attributes
+        kept = [a for a in node.attribute if a.name in known]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    return originals
+
+
+def _infer_standard(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
