@@ -10,9 +10,15 @@ from .graph import node_label
 
 def count_params(graph: gs.Graph) -> int:
     """Elements of the floating-point tensor constants (scalars, shapes and indices excluded)."""
-    return int(sum(t.values.size for t in graph.tensors().values()
-                   if isinstance(t, gs.Constant) and t.values.ndim > 0
-                   and np.issubdtype(t.values.dtype, np.floating)))
+    return int(sum(np.prod(t.shape) for t in graph.tensors().values()  # shapes: no values loaded
+                   if isinstance(t, gs.Constant) and len(t.shape) > 0 and _floating(t.dtype)))
+
+
+def _floating(dtype) -> bool:
+    try:
+        return np.issubdtype(np.dtype(dtype), np.floating)
+    except TypeError:  # an ONNX type numpy does not know
+        return False
 
 
 def node_macs(graph: gs.Graph) -> dict[str, int]:
@@ -31,7 +37,7 @@ def _static(shape) -> list[int] | None:
 
 
 def _shape(tensor):
-    return _static(list(tensor.values.shape) if isinstance(tensor, gs.Constant) else tensor.shape)
+    return _static(list(tensor.shape))  # a constant's shape without loading its values
 
 
 ORT_FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}  # com.microsoft ops with an activation
