@@ -203,10 +203,18 @@ def conv_transpose():
     return n, n.conv(n.relu(y), 6, 4), [6, 8]
 
 
+def cast_weights():
+    """fp16 weights stored with a Cast to float (mixed-precision exports): folded, then pruned."""
+    n = Net()
+    w = n.op("Cast", [n.const((n.rng.standard_normal((8, 3, 3, 3)) * 0.5).astype(np.float16))], to=1)
+    y = n.relu(n.op("Conv", ["x", w, n.rand(8, scale=0.1)], pads=[1, 1, 1, 1]))
+    return n, n.conv(y, 8, 4), [8]
+
+
 CASES = [conv_chain, residual, depthwise, depthwise_multiplier, batchnorm, gemm_trans_b, matmul_add,
          activations, broadcast_constants, squeeze_excite, squeeze_excite_reduce_mean, pools_and_gap_head,
          flatten_head, reshape_head, transpose_reshape_head, squeeze_head, concat, split, split_equal_opset18,
-         slice_channels, pad_resize_dropout, resize_to_sizes, grouped_conv, conv_transpose]
+         slice_channels, pad_resize_dropout, resize_to_sizes, grouped_conv, conv_transpose, cast_weights]
 
 
 def _prunable_widths(model, fold_bn=True):
@@ -268,7 +276,17 @@ def pad_on_channels():
     return n, n.conv(y, 10, 4), "Pad pads the channel axis"
 
 
-@pytest.mark.parametrize("case", [unknown_op, softmax_over_channels, pad_on_channels],
+def pad_computed():
+    """Pads computed at run time (here from the dynamic batch size): which axes they pad is unknown."""
+    n = Net()
+    batch = n.op("Gather", [n.op("Shape", ["x"]), n.const(np.int64(0))])
+    pads = n.op("Add", [n.op("Mul", [batch, n.const(np.zeros(8, np.int64))]),
+                        n.const(np.array([0, 0, 1, 1, 0, 0, 1, 1], np.int64))])
+    y = n.op("Pad", [n.relu(n.conv("x", 3, 8)), pads])
+    return n, n.conv(y, 8, 4, k=1), "Pad with computed pads"
+
+
+@pytest.mark.parametrize("case", [unknown_op, softmax_over_channels, pad_on_channels, pad_computed],
                          ids=lambda c: c.__name__)
 def test_unknown_structure_is_frozen_and_untouched(case):
     net, out, reason = case()
