@@ -37,7 +37,7 @@ def _static(shape) -> list[int] | None:
 
 
 def _shape(tensor):
-    return _static(list(tensor.shape))  # a constant's shape without loading its values
+    return _static(None if tensor.shape is None else list(tensor.shape))  # constants: no values loaded
 
 
 ORT_FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}  # com.microsoft ops with an activation

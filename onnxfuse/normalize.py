@@ -109,15 +109,19 @@ def infer_shapes(graph: gs.Graph, like: onnx.ModelProto) -> gs.Graph:
     return graph
 
 
-LARGE = 4096  # bytes: a constant this large only matters to shape inference by its shape
+LARGE = 4096  # bytes
+WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm"}
 
 
 def skeleton(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
-    """The graph as a model whose large constants are stubs without data (external-data entries
-    that point nowhere): shape inference reads only their shapes, and never copies the weights."""
+    """The graph as a model whose large weights are stubs without data (external-data entries
+    that point nowhere), so that shape inference never copies them. Only weights read by
+    weighted ops alone: shape inference needs their shapes, not their values (ONNX Runtime's
+    symbolic inference reads the values of other constants, e.g. an Add's)."""
     saved = []
     for tensor in graph.tensors().values():
-        if isinstance(tensor, gs.Constant) and _nbytes(tensor) > LARGE:
+        if isinstance(tensor, gs.Constant) and _nbytes(tensor) > LARGE and tensor.outputs \
+                and all(n.op in WEIGHTED and n.inputs[0] is not tensor for n in tensor.outputs):
             saved.append((tensor, tensor._values))
             tensor._values = LazyValues(_stub(tensor))
     try:
