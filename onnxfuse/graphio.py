@@ -31,34 +31,37 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxfuseError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
     if not model.HasField("graph") or len(model.graph.node) == 0:
         raise OnnxfuseError(f"{path}: not an ONNX model (no graph with nodes)")
+    check_model(str(path), what=str(path))  # from the file: the weights are not copied to check them
     try:
         onnx.load_external_data_for_model(model, str(path.parent))
     except (OSError, onnx.checker.ValidationError) as exc:
         raise OnnxfuseError(f"{path}: cannot read external data ({_first_line(exc)})") from None
-    check_model(model, what=str(path))
     return model
 
 
-def check_model(model: onnx.ModelProto, what: str = "model", full: bool = False) -> None:
+def check_model(model: onnx.ModelProto | str, what: str = "model", full: bool = False) -> None:
     try:
-        if model.ByteSize() < TWO_GB:
+        if isinstance(model, str) or model.ByteSize() < TWO_GB:
             onnx.checker.check_model(model, full_check=full)
     except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
         raise OnnxfuseError(f"{what}: invalid ONNX model ({_first_line(exc)})") from None
 
 
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.PathLike | None = None):
-    """Write atomically (temp file in the same folder, then rename); never overwrite the input."""
+    """Write atomically (temp file in the same folder, then rename); never overwrite the input.
+    The weights go to `OUT.onnx.data` (external data) when the input kept them so or above 2 GB."""
     path = Path(path)
     check_output_path(path, input_path)
-    large = model.ByteSize() >= TWO_GB
+    external = model.ByteSize() >= TWO_GB or input_path is not None and _has_external_data(input_path)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     try:
-        if large:
-            data_name = path.name + ".data"
+        if external:
+            data = path.with_name(path.name + ".data")
+            if data.exists():
+                data.unlink()  # onnx appends to an existing data file
             onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data_name, size_threshold=1024)
+                            location=data.name, size_threshold=1024)
         else:
             onnx.save_model(model, tmp)
         os.replace(tmp, path)
@@ -66,6 +69,14 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str 
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def _has_external_data(path: str | os.PathLike) -> bool:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a readable model (the input may be a ModelProto's stand-in): write inline
+        return False
+    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
 
 
 def check_output_path(path: Path, input_path: str | os.PathLike | None) -> None:

@@ -33,8 +33,8 @@ def repair_lsq(graph: gs.Graph, like: onnx.ModelProto, original: onnx.ModelProto
     report = []
     for i, name in enumerate(consumers):
         node = nodes[name]
-        if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1:
-            continue
+        if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft":
+            continue  # grouped convs; ORT's fused ops, whose outputs are after their activation
         report.append(_refit(graph, like, original, space_maps, node, data, seed))
         progress("least-squares repair", i + 1, len(consumers))
     return report

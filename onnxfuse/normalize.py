@@ -11,6 +11,8 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get_onnx_tensor_shape
+from onnx_graphsurgeon.ir.tensor import LazyValues
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from .errors import OnnxfuseError
@@ -41,7 +43,7 @@ def export_model(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
 def with_input_shapes(graph: gs.Graph, like: onnx.ModelProto, shapes: dict[str, list[int]]) -> gs.Graph:
     """A copy of the graph with these input shapes and shapes inferred from them (to count MACs of
     a model whose inputs have dynamic spatial dimensions)."""
-    model = runnable(graph, like)
+    model = skeleton(graph, like)
     for value in model.graph.input:
         if value.name in shapes:
             dims = value.type.tensor_type.shape.dim
@@ -93,20 +95,97 @@ def normalize(graph: gs.Graph, fold_bn: bool = True) -> list[str]:
 
 
 def infer_shapes(graph: gs.Graph, like: onnx.ModelProto) -> gs.Graph:
-    """Fresh shape inference (stale shapes cleared first); returns the re-imported graph."""
+    """Fresh shape inference (stale shapes cleared first), written into `graph`; returns it."""
     for tensor in graph.tensors().values():
         if isinstance(tensor, gs.Variable) and tensor not in graph.inputs and tensor not in graph.outputs:
             tensor.shape = None
             tensor.dtype = None if tensor.inputs else tensor.dtype
-    model = export_model(graph, like)
-    del model.graph.value_info[:]
-    return import_graph(_infer(model))
+    inferred = _infer(skeleton(graph, like))
+    infos = {v.name: v for v in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    for name, tensor in graph.tensors().items():
+        if isinstance(tensor, gs.Variable) and name in infos:
+            tensor.shape = get_onnx_tensor_shape(infos[name])
+            tensor.dtype = get_onnx_tensor_dtype(infos[name])
+    return graph
+
+
+LARGE = 4096  # bytes
+WEIGHTED = {"Conv", "ConvTranspose", "Gemm", "MatMul", "FusedConv", "FusedGemm"}
+
+
+def skeleton(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
+    """The graph as a model whose large weights are stubs without data (external-data entries
+    that point nowhere), so that shape inference never copies them. Only weights read by
+    weighted ops alone: shape inference needs their shapes, not their values (ONNX Runtime's
+    symbolic inference reads the values of other constants, e.g. an Add's)."""
+    saved = []
+    for tensor in graph.tensors().values():
+        if isinstance(tensor, gs.Constant) and _nbytes(tensor) > LARGE and tensor.outputs \
+                and all(n.op in WEIGHTED and n.inputs[0] is not tensor for n in tensor.outputs):
+            saved.append((tensor, tensor._values))
+            tensor._values = LazyValues(_stub(tensor))
+    try:
+        return runnable(graph, like)
+    finally:
+        for tensor, values in saved:
+            tensor._values = values
+
+
+def _nbytes(tensor: gs.Constant) -> int:
+    try:
+        return int(np.prod(tensor.shape)) * np.dtype(tensor.dtype).itemsize
+    except TypeError:  # a type numpy does not know: keep it
+        return 0
+
+
+def _stub(tensor: gs.Constant) -> onnx.TensorProto:
+    if isinstance(tensor._values, LazyValues):
+        data_type = tensor._values.tensor.data_type
+    else:
+        data_type = onnx.helper.np_dtype_to_tensor_dtype(np.dtype(tensor.dtype))
+    stub = onnx.TensorProto(name=tensor.name, dims=list(tensor.shape), data_type=data_type,
+                            data_location=onnx.TensorProto.EXTERNAL)
+    stub.external_data.add(key="location", value="skeleton-without-data")
+    return stub
 
 
 def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
     """ONNX shape inference; where it leaves a reshaped tensor's non-batch dims unknown (shapes
     computed at run time: Shape → Gather → Concat → Reshape), ONNX Runtime's symbolic shape
     inference, which resolves them (it is much slower on large graphs, hence second)."""
+    originals = _stand_ins(model)
+    inferred = _infer_standard(model)
+    for node in list(model.graph.node) + list(inferred.graph.node):
+        if node.output and node.output[0] in originals:
+            node.CopyFrom(originals[node.output[0]])
+    return inferred
+
+
+# Ops ONNX infers no shapes for, and a standard op whose output has the same shape: ONNX
+# Runtime's fused ops (the activation and an added Z are elementwise), GroupNormalization-21 (a
+# function without inference).
+STAND_INS = {("com.microsoft", "FusedConv"): ("Conv", 3), ("com.microsoft", "FusedGemm"): ("Gemm", 3),
+             ("", "GroupNormalization"): ("Identity", 1)}
+
+
+def _stand_ins(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
+    """Replace those ops by their stand-ins in place; returns the originals by first output."""
+    originals = {}
+    for node in model.graph.node:
+        if (node.domain, node.op_type) not in STAND_INS:
+            continue
+        originals[node.output[0]] = onnx.NodeProto()
+        originals[node.output[0]].CopyFrom(node)
+        node.domain, (node.op_type, inputs) = "", STAND_INS[(node.domain, node.op_type)]
+        del node.input[inputs:]
+        known = onnx.defs.get_schema(node.op_type).attributes
+        kept = [a for a in node.attribute if a.name in known]
+        del node.attribute[:]
+        node.attribute.extend(kept)
+    return originals
+
+
+def _infer_standard(model: onnx.ModelProto) -> onnx.ModelProto:
     try:
         inferred = onnx.shape_inference.infer_shapes(model, data_prop=True)
     except (onnx.shape_inference.InferenceError, onnx.checker.ValidationError) as exc:
@@ -212,7 +291,7 @@ def unshare_constants(graph: gs.Graph) -> list[str]:
     """A non-scalar constant read by several nodes gets one copy per extra reader."""
     count = 0
     for tensor in list(graph.tensors().values()):
-        if not isinstance(tensor, gs.Constant) or tensor.values.size <= 1 or len(tensor.outputs) <= 1:
+        if not isinstance(tensor, gs.Constant) or np.prod(tensor.shape) <= 1 or len(tensor.outputs) <= 1:
             continue
         for node in list(tensor.outputs)[1:]:
             for i, inp in enumerate(node.inputs):

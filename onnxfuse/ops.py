@@ -444,6 +444,9 @@ def flatten(node, tensor, axis, g: GraphView):
 
 
 def reshape(node, tensor, axis, g: GraphView):
+    pattern = _group_norm_pattern(node, g)
+    if pattern is not None:
+        return _group_norm_reshapes(pattern, tensor, axis)
     x, y = _data_in(node), _out(node)
     if tensor is not x and tensor is not y:
         return []
@@ -569,6 +572,105 @@ def _fix_reshape(node: gs.Node, new_width, new_index):
 
 
 # --------------------------------------------------------------------------------------------
+# group normalisation: pruned per group like a grouped conv (channel l of every group goes
+# together, the group count stays); each group's statistics then cover its remaining channels,
+# which changes them as pruning changes any activation
+
+
+def _per_group(x: gs.Tensor, y: gs.Tensor, groups: int, width: int) -> list:
+    per = width // groups
+    local = (f"{y.name}#per-group", 0)
+    return [Couple((x.name, 1), (y.name, 1)), Local(local, per),
+            Expand(local, (x.name, 1), np.arange(width).reshape(groups, per).T)]
+
+
+def group_normalization(node, tensor, axis, g: GraphView):
+    """GroupNormalization: scale and bias are per group up to opset 20 (they stay), per channel
+    from opset 21 (they follow the channels)."""
+    x, y = _data_in(node), _out(node)
+    if tensor is not x and tensor is not y:
+        return []
+    groups, width, label = int(node.attrs["num_groups"]), g.dim(x, 1), node_label(node)
+    if axis != 1 or not isinstance(width, int) or width % groups:
+        return [Freeze((tensor.name, axis), f"GroupNormalization over axis {axis} ({label})")]
+    relations = _per_group(x, y, groups, width)
+    if g.opset < 21:
+        return relations
+    for i, (role, scored) in ((1, ("param", True)), (2, ("shift", False))):
+        p = node.inputs[i]
+        if not isinstance(p, gs.Constant) or p.values.shape != (width,):
+            return [Freeze((tensor.name, axis), f"GroupNormalization with computed parameters ({label})")]
+        relations.append(Member((x.name, 1), p.name, 0, role, label, scored))
+    return relations
+
+
+@dataclass(frozen=True)
+class _GroupNormPattern:
+    first: gs.Node  # Reshape x (N, C, *S) → (N, G, C/G·S)
+    second: gs.Node  # Reshape back to x's shape
+    x: gs.Tensor
+    y: gs.Tensor
+    groups: int
+
+
+def _group_norm_pattern(node: gs.Node, g: GraphView) -> _GroupNormPattern | None:
+    """The TorchScript exporter's nn.GroupNorm: Reshape(x, (0, G, -1)) → InstanceNormalization →
+    Reshape to x's shape (then a per-channel Mul and Add, which the table handles), or None."""
+    norm = _only_consumer(node.outputs[0])
+    if norm is not None and norm.op == "InstanceNormalization":
+        first, second = node, _only_consumer(norm.outputs[0])
+    else:
+        norm = _producer(node.inputs[0])
+        first, second = (_producer(norm.inputs[0]) if norm is not None else None), node
+    if norm is None or norm.op != "InstanceNormalization" or first is None or second is None \
+            or first.op != "Reshape" or second.op != "Reshape" or not isinstance(first.inputs[1], gs.Constant):
+        return None
+    if _only_consumer(first.outputs[0]) is not norm or second.inputs[0] is not norm.outputs[0]:
+        return None
+    x, y = first.inputs[0], second.outputs[0]
+    shape, flat = g.shape(x), g.shape(first.outputs[0])
+    if shape is None or flat is None or len(shape) < 3 or len(flat) != 3 \
+            or (g.shape(y) or [])[1:] != shape[1:]:
+        return None
+    if not all(isinstance(d, int) for d in shape[1:]) or not isinstance(flat[1], int):
+        return None
+    groups = flat[1]
+    if shape[1] % groups or flat[2] != int(np.prod(shape[1:])) // groups:
+        return None
+    return _GroupNormPattern(first, second, x, y, groups)
+
+
+def _group_norm_reshapes(p: _GroupNormPattern, tensor, axis) -> list:
+    if tensor is not p.x and tensor is not p.y:
+        return []
+    if axis != 1:
+        return [Freeze((tensor.name, axis), f"group normalisation over axis {axis} ({node_label(p.first)})")]
+    width = int(p.x.shape[1])
+    relations = _per_group(p.x, p.y, p.groups, width)
+    relations.append(Fixup(node_label(p.first), "group-norm", _fix_group_flat(p.x.name, width)))
+    if isinstance(p.second.inputs[1], gs.Constant):
+        relations.append(Fixup(node_label(p.second), "reshape", _fix_reshape))
+    return relations
+
+
+def _fix_group_flat(x_name: str, width: int):
+    def apply(node: gs.Node, new_width, new_index):
+        shape = np.array(node.inputs[1].values)
+        if shape[2] > 0:  # a fixed C/G·S (not -1): it shrinks with C
+            shape[2] = shape[2] * new_width((x_name, 1)) // width
+            node.inputs[1] = gs.Constant(f"{node.name}_shape", shape)
+    return apply
+
+
+def _only_consumer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.outputs[0] if len(tensor.outputs) == 1 else None
+
+
+def _producer(tensor: gs.Tensor) -> gs.Node | None:
+    return tensor.inputs[0] if len(tensor.inputs) == 1 else None
+
+
+# --------------------------------------------------------------------------------------------
 # weighted ops: they write (producer) and read (consumer) channel spaces
 
 
@@ -635,6 +737,18 @@ def _depthwise(x, w, y, b, c_in, multiplier, label):
 
 def _fix_group(node: gs.Node, new_width, new_index):
     node.attrs["group"] = int(new_width((node.inputs[0].name, 1)))
+
+
+def fused_conv(node, tensor, axis, g: GraphView):
+    """ONNX Runtime's com.microsoft FusedConv (in models it saves optimised): a Conv, plus an
+    optional 4th input Z added before the elementwise activation, coupled like a residual Add."""
+    z, y = g.input(node, 3), _out(node)
+    if z is None:
+        return conv(node, tensor, axis, g)
+    if axis != 1:
+        return [Freeze((tensor.name, axis), f"FusedConv axis {axis} is not a channel axis ({node_label(node)})")]
+    coupled = Couple((z.name, 1), (y.name, 1))
+    return [coupled] if tensor is z else conv(node, tensor, axis, g) + [coupled]
 
 
 def gemm(node, tensor, axis, g: GraphView):
@@ -705,6 +819,7 @@ def _table() -> dict[str, Callable]:
         "PRelu": prelu,
         "BatchNormalization": batchnorm,
         "InstanceNormalization": batchnorm,
+        "GroupNormalization": group_normalization,
         "LayerNormalization": layernorm,
         "Transpose": transpose,
         "Squeeze": squeeze_like,
@@ -721,6 +836,9 @@ def _table() -> dict[str, Callable]:
         "ConvTranspose": conv,
         "Gemm": gemm,
         "MatMul": matmul,
+        # ONNX Runtime's fusions with an elementwise activation, saved with optimized_model_filepath
+        "com.microsoft.FusedConv": fused_conv,
+        "com.microsoft.FusedGemm": gemm,
     })
     return table
 
@@ -728,17 +846,23 @@ def _table() -> dict[str, Callable]:
 OP_RULES: dict[str, Callable] = _table()
 
 # Ops whose weights write and read channel spaces: the analysis starts from their data tensors.
-WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+WEIGHTED_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "com.microsoft.FusedConv", "com.microsoft.FusedGemm"}
+
+
+def op_key(node: gs.Node) -> str:
+    """The op table's key: the op type, prefixed with its domain outside the ONNX domain."""
+    return node.op if is_onnx_domain(node) else f"{node.domain}.{node.op}"
 
 
 def seed_spaces(node: gs.Node, g: GraphView) -> list[Space]:
     """The channel spaces a weighted op reads and writes, where the analysis starts."""
-    if node.op not in WEIGHTED_OPS or not is_onnx_domain(node):
+    op = op_key(node)
+    if op not in WEIGHTED_OPS:
         return []
     x, y = node.inputs[0], node.outputs[0]
-    if node.op in ("Conv", "ConvTranspose"):
+    if op in ("Conv", "ConvTranspose", "com.microsoft.FusedConv"):
         return [(x.name, 1), (y.name, 1)]
-    if node.op == "Gemm":
+    if op in ("Gemm", "com.microsoft.FusedGemm"):
         return [(x.name, 0 if node.attrs.get("transA", 0) else 1), (y.name, 1)]
     rank_x, rank_y = g.rank(x), g.rank(y)
     if rank_x is None or rank_y is None:
@@ -747,8 +871,7 @@ def seed_spaces(node: gs.Node, g: GraphView) -> list[Space]:
 
 
 def relations_for(node: gs.Node, tensor: gs.Tensor, axis: int, g: GraphView) -> list[Relation]:
-    rule = OP_RULES.get(node.op) if is_onnx_domain(node) else None
+    rule = OP_RULES.get(op_key(node))
     if rule is None:
-        where = node.op if is_onnx_domain(node) else f"{node.domain}.{node.op}"
-        return [Freeze((tensor.name, axis), f"unsupported op {where} ({node_label(node)})")]
+        return [Freeze((tensor.name, axis), f"unsupported op {op_key(node)} ({node_label(node)})")]
     return rule(node, tensor, axis, g)

@@ -27,7 +27,7 @@ def providers_for(device: str = "auto") -> list[str]:
     return DEVICE_PROVIDERS[device]
 
 
-def session(model: onnx.ModelProto, device: str = "auto", fuse_nodes: bool = True) -> ort.InferenceSession:
+def session(model: onnx.ModelProto | str, device: str = "auto", fuse_nodes: bool = True) -> ort.InferenceSession:
     """`fuse_nodes=False` for models that expose intermediate tensors as outputs: ONNX Runtime's
     extended fusions (Conv+Add+Relu …) can drop such a tensor and then fail to load the model."""
     options = ort.SessionOptions()
@@ -37,7 +37,8 @@ def session(model: onnx.ModelProto, device: str = "auto", fuse_nodes: bool = Tru
     provider_options = [{"use_tf32": "0"} if p == "CUDAExecutionProvider" else {}
                         for p in providers_for(device)]
     try:
-        return ort.InferenceSession(model.SerializeToString(), options, providers=providers_for(device),
+        source = model if isinstance(model, str) else model.SerializeToString()
+        return ort.InferenceSession(source, options, providers=providers_for(device),
                                     provider_options=provider_options)
     except Exception as exc:  # onnxruntime raises its own exception types
         raise OnnxfuseError(f"ONNX Runtime cannot load the model: {str(exc).splitlines()[0]}") from None
@@ -60,8 +61,10 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = 64) -> int:
 
 
 def compare(original: onnx.ModelProto, compressed: onnx.ModelProto, data: Dataset,
-            device: str = "auto") -> dict:
-    """Agreement, output error and (with labels) accuracy of both models on `data`."""
+            device: str = "auto", original_path: str | None = None) -> dict:
+    """Agreement, output error and (with labels) accuracy of both models on `data`. With
+    `original_path` (the file `original` was read from) ONNX Runtime reads the original from disk,
+    external data included, instead of a serialised copy."""
     inputs_a = [(s.name, s.dtype) for s in input_specs(original)]
     inputs_b = [(s.name, s.dtype) for s in input_specs(compressed)]
     if inputs_a != inputs_b:
@@ -71,7 +74,7 @@ def compare(original: onnx.ModelProto, compressed: onnx.ModelProto, data: Datase
         keep = len(data) - len(data) % batch
         data = Dataset({k: v[:keep] for k, v in data.feeds.items()},
                        None if data.labels is None else data.labels[:keep])
-    sess_a, sess_b = session(original, device), session(compressed, device)
+    sess_a, sess_b = session(original_path or original, device), session(compressed, device)
     out_a, out_b = run(sess_a, data, batch), run(sess_b, data, batch)
     report = {
         "provider": sess_b.get_providers()[0],

@@ -94,3 +94,26 @@ def test_constant_subgraphs_fold():
     ctx = _normalized(model)
     assert [node.op for node in ctx.graph.nodes] == ["Conv", "Relu", "Conv"]
     assert [g.width for g in ctx.analysis.prunable] == [8]
+
+
+def test_external_data_models_are_written_as_external_data(tmp_path, capsys):
+    """`compress` of a model whose weights are external data writes OUT.onnx + OUT.onnx.data;
+    validation (ONNX Runtime reads the original from its file) reproduces it at sparsity 0."""
+    from tests.helpers import run, run_cli
+
+    n = Net()
+    model = n.model(n.conv(n.relu(n.conv("x", 3, 8)), 8, 4))
+    path, out = tmp_path / "ext.onnx", tmp_path / "out.onnx"
+    onnx.save_model(onnx.ModelProto.FromString(model.SerializeToString()), str(path), save_as_external_data=True,
+                    location="ext.bin", size_threshold=0)  # (saving moves the weights out of the proto)
+    code, _, err = run_cli(["compress", path, "-o", out, "--sparsity", "0", "--report", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    assert (tmp_path / "out.onnx.data").stat().st_size > 0
+    stored = onnx.load(str(out), load_external_data=False)
+    big = [t for t in stored.graph.initializer if np.prod(t.dims) * 4 >= 1024]  # onnx's size threshold
+    assert big and all(t.data_location == onnx.TensorProto.EXTERNAL for t in big)
+    x = n.input()
+    np.testing.assert_allclose(run(onnx.load(str(out)), x)[0], run(model, x)[0], atol=1e-6)
+    code, _, err = run_cli(["compress", path, "-o", out, "--sparsity", "0.5"], capsys)  # again, over it
+    assert code == 0, err
+    assert run(onnx.load(str(out)), x)[0].shape == run(model, x)[0].shape
