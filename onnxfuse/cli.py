@@ -29,7 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels removed per group")
     c.add_argument("--method", default="prune", choices=["prune", "fuse"])
     c.add_argument("--importance", default="l1")
-    c.add_argument("--normalization", default="reference", choices=["reference", "average", "rescale"],
+    c.add_argument("--normalization", default="rescale", choices=["reference", "average", "rescale"],
                    help="how fuse applies its transport map (see README)")
     c.add_argument("--ot-p", type=int, default=1, choices=[1, 2], help="OT ground metric: L1 or L2")
     c.add_argument("--ot-solver", default="emd", choices=["emd", "sinkhorn"])

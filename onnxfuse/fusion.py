@@ -44,7 +44,7 @@ MARGINALS = ("uniform", "importance")
 
 @dataclass
 class FusionOptions:
-    normalization: str = "reference"
+    normalization: str = "rescale"
     p: int = 1
     solver: str = "emd"
     reg: float = 0.01
