@@ -1,4 +1,4 @@
-"""Command line: onnxfuse compress | inspect | validate | calib make."""
+"""Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make."""
 
 from __future__ import annotations
 
@@ -8,9 +8,11 @@ import os
 import sys
 
 from . import api
+from .bench import format_bench
 from .errors import OnnxfuseError
 from .graphio import check_output_path, save_model
 from .images import Preprocess
+from .validate import DEVICES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -57,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="validation data (.npz); default: the calibration data, else random inputs")
     c.add_argument("--labels", default="labels", help="key of the labels array in the .npz files")
     c.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime comparison")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.add_argument("--device", default="auto", choices=DEVICES)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--report", help="write the report as JSON")
 
@@ -74,10 +76,18 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("compressed")
     v.add_argument("--data", help=".npz inputs (random inputs when omitted)")
     v.add_argument("--labels", default="labels")
-    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    v.add_argument("--device", default="auto", choices=DEVICES)
     v.add_argument("--json", action="store_true")
     v.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
                    help="shape of an input with dynamic dimensions, for random inputs")
+
+    b = sub.add_parser("bench", help="latency and throughput of two models in ONNX Runtime")
+    b.add_argument("original")
+    b.add_argument("compressed")
+    _add_bench_options(b)
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
+                   help="shape of an input with dynamic dimensions other than the batch")
 
     k = sub.add_parser("calib", help="calibration data tools")
     ksub = k.add_subparsers(dest="calib_command", metavar="{make}", required=True, parser_class=_Parser)
@@ -88,6 +98,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     _add_calib_options(m)
     return parser
+
+
+def _add_bench_options(p: argparse.ArgumentParser, batches: str = "1,32") -> None:
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--batch", type=_positive_ints, default=_positive_ints(batches), metavar="B[,B...]",
+                   help=f"batch sizes (default {batches})")
+    p.add_argument("--runs", type=_positive_int, default=50, help="timed runs per model and batch (default 50)")
+    p.add_argument("--warmup", type=_positive_int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--threads", type=_positive_int, help="intra-op threads, the same for both models "
+                   "(default: the CPUs this process may use)")
 
 
 def _add_calib_options(p: argparse.ArgumentParser) -> None:
@@ -118,6 +138,10 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(t) for t in text.split(","))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -210,6 +234,17 @@ def _validate(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    report = api.bench(args.original, args.compressed, batch_sizes=args.batch, runs=args.runs, warmup=args.warmup,
+                       device=args.device, threads=args.threads, input_shape=args.input_shape, log=_stderr)
+    print(json.dumps(report, indent=2) if args.json else format_bench(report))
+    return 0
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _calib(args) -> int:  # calib make
     data = api.make_calibration(args.images, args.model, args.output, samples=args.calib_samples, seed=args.seed,
                                 preprocess=_preprocess(args))
@@ -232,7 +267,7 @@ def _validation_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "calib": _calib}
+COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "bench": _bench, "calib": _calib}
 
 if __name__ == "__main__":
     sys.exit(main())
