@@ -10,12 +10,12 @@ from pathlib import Path
 import onnx
 
 from . import pipeline
-from .bench import compare_speed
 from .channels import Analysis
 from .data import Dataset, has_dynamic_dims, load_calibration, load_npz, parse_input_shapes, random_inputs, save_npz
 from .errors import OnnxfuseError
 from .graphio import check_model, check_output_path, load_model
 from .images import Preprocess
+from .latency import compare_speed
 from .metrics import count_macs, count_params
 from .normalize import import_graph, infer_shapes, with_input_shapes
 from .validate import compare

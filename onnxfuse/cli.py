@@ -8,10 +8,10 @@ import os
 import sys
 
 from . import api
-from .bench import format_bench
 from .errors import OnnxfuseError
 from .graphio import check_output_path, save_model
 from .images import Preprocess
+from .latency import format_bench
 from .validate import DEVICES
 
 
@@ -39,11 +39,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ot-marginals", default="uniform", choices=["uniform", "importance"])
     c.add_argument("--ot-features", default="weights", choices=["weights", "activations", "both"],
                    help="OT cost from weights, calibration activations (needs --calib) or both")
-    c.add_argument("--round-to", type=int, default=1, help="keep a multiple of N channels per group")
+    c.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                   help="keep a multiple of N channels per group (auto: 8 on CUDA, 1 on the CPU)")
     c.add_argument("--global", dest="global_ranking", action="store_true",
                    help="rank channels across all groups instead of the same sparsity in each")
     c.add_argument("--max-sparsity", type=float, default=1.0, help="at most this fraction of a group goes")
     c.add_argument("--target-macs", type=float, help="keep this fraction of the MACs (solves for the sparsity)")
+    c.add_argument("--target-latency", type=float, metavar="F",
+                   help="reach this fraction of the original ONNX Runtime latency (per-group timings)")
+    c.add_argument("--latency-batch", type=_positive_int, default=32, metavar="N",
+                   help="batch size for --target-latency (default 32)")
     c.add_argument("--allocate", default="uniform", choices=["uniform", "sensitivity"],
                    help="sensitivity: per-group sparsities measured on --calib data to meet --target-macs")
     c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
@@ -140,6 +145,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _round_to(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
 def _positive_ints(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(t) for t in text.split(","))
 
@@ -204,6 +213,7 @@ def _compress(args) -> int:
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
+        target_latency=args.target_latency, latency_batch=args.latency_batch,
         allocate=args.allocate, ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
         calib_samples=args.calib_samples, preprocess=_preprocess(args), labels_key=args.labels, repair=args.repair,
         validate=not args.no_validate, normalization=args.normalization, ot_p=args.ot_p, ot_solver=args.ot_solver,

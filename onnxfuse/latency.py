@@ -8,18 +8,32 @@ so that load on the machine falls on both alike; the speed-up is the ratio of th
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import time
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 
+from .capture import progress
 from .data import input_specs, random_inputs
 from .errors import OnnxfuseError
+from .planning import estimated_mac_ratio, keep_count, node_factors, node_spaces
 from .validate import session
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+
+
+def cpu_channel_block() -> int:
+    """Channels per block of ONNX Runtime's NCHWc convolutions on this x86 CPU (MLAS: 16 with
+    AVX-512, 8 with AVX2); 1 where they are not used."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return 1
+    return 16 if "avx512f" in flags else 8 if "avx2" in flags else 1
 
 
 def default_threads() -> int:
@@ -109,3 +123,76 @@ def format_bench(report: dict) -> str:
                      f"{b['median_ms']:>9.3f} ({b['p10_ms']:.3f}-{b['p90_ms']:.3f})  {r['speedup']:>7.2f}x  "
                      f"{ideal:>5}  {a['throughput']:.0f} -> {b['throughput']:.0f}")
     return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------
+# latency target: per-group latency savings measured in ONNX Runtime
+
+LATENCY_LEVELS = (0.25, 0.5, 0.75)
+PROBE_RUNS = 15
+
+
+class LatencyProbe:
+    """Latency of models relative to `original`, each timed interleaved with it."""
+
+    def __init__(self, original: onnx.ModelProto, device: str, batch: int, shapes: dict | None = None):
+        self.device, self.threads = device, default_threads()
+        self.feeds = random_inputs(original, batch=batch, shapes=shapes).feeds
+        self.sess = session(original, device, threads=self.threads)
+        self.base = Timer(self.sess, self.feeds)
+
+    def ratio(self, model: onnx.ModelProto, runs: int = PROBE_RUNS) -> float:
+        other = Timer(session(model, self.device, threads=self.threads), self.feeds)
+        base, new = time_interleaved([self.base, other], runs, warmup=2)
+        return float(np.median(new) / np.median(base))
+
+
+def pruned_probe(ctx, counts: dict[int, int] | None = None, **changes) -> onnx.ModelProto:
+    """The model pruned to the given widths (prune and fuse give the same shapes, so the same time)."""
+    from . import pipeline
+
+    options = dataclasses.replace(ctx.options, method="prune", importance="l1", repair="none", calib=None,
+                                  data=None, target_latency=None, target_macs=None, allocate="uniform",
+                                  validate=False, fixed_counts=counts, **changes)
+    return pipeline.run(pipeline.Context(options, ctx.original, log=lambda msg: None), stop_after="emit").result
+
+
+def measure_latency_savings(ctx, probe: LatencyProbe, levels=LATENCY_LEVELS) -> dict[int, np.ndarray]:
+    """Fraction of the original latency saved by each group shrunk alone at each level."""
+    groups = ctx.analysis.prunable
+    batch = len(next(iter(probe.feeds.values())))
+    ctx.log(f"latency: timing {len(groups)} groups x {len(levels)} sparsities at batch {batch} "
+            f"on {probe.sess.get_providers()[0]}")
+    savings = {}
+    for i, group in enumerate(groups):
+        savings[group.id] = np.array([1 - probe.ratio(pruned_probe(ctx, sparsity=s, only_groups=(group.id,)))
+                                      for s in levels])
+        progress("latency", i + 1, len(groups))
+    return savings
+
+
+class LatencyModel:
+    """Latency after / before from the new widths. Each weighted node's time scales with its MACs
+    (so shrinking both sides of a conv compounds, as it does), weighted by a latency-per-MAC
+    efficiency fitted per group from its one-group timings: a group whose MACs sit in
+    memory-bound or badly blocked layers saves less time per MAC."""
+
+    def __init__(self, analysis, savings: dict[int, np.ndarray], round_to: int = 1, levels=LATENCY_LEVELS):
+        self.analysis = analysis
+        self.total = sum(analysis.node_macs.values()) or 1
+        efficiency = {}
+        for g in analysis.prunable:
+            macs_saved = np.array([1 - estimated_mac_ratio(analysis, {g.id: keep_count(g.width, s, round_to)})
+                                   for s in levels])
+            fit = float(savings[g.id] @ macs_saved / max(macs_saved @ macs_saved, 1e-12))
+            efficiency.update({space: min(max(fit, 0.0), 3.0) for space in g.positions})
+        self.weight = {}
+        for node, spaces in node_spaces(analysis).items():
+            known = [efficiency[s] for s in spaces if s in efficiency]
+            self.weight[node] = float(np.mean(known)) if known else 0.0
+
+    def ratio(self, counts: dict[int, int]) -> float:
+        factors = node_factors(self.analysis, counts)
+        saved = sum(macs * self.weight.get(n, 0.0) * (1 - factors.get(n, 1.0))
+                    for n, macs in self.analysis.node_macs.items())
+        return max(1.0 - saved / self.total, 0.0)
