@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -18,6 +17,7 @@ from .images import Preprocess
 from .latency import compare_speed
 from .metrics import count_macs, count_params
 from .normalize import import_graph, infer_shapes, with_input_shapes
+from .reports import write_report
 from .validate import compare
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -40,7 +40,7 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     ctx = pipeline.run(ctx)
     report = _compress_report(ctx)
     if report_path:
-        Path(report_path).write_text(json.dumps(report, indent=2))
+        write_report(report, report_path)
     ctx.log(summary(report))
     return ctx.result, report
 
@@ -86,6 +86,16 @@ def bench(original: ModelLike, compressed: ModelLike, *, batch_sizes: tuple[int,
     if before and after:
         report.update(mac_ratio=round(after / before, 4), ideal_speedup=round(before / after, 4))
     return report
+
+
+def sweep(model: ModelLike, out_dir: str | os.PathLike, sparsities=(0.1, 0.3, 0.5, 0.7), methods=("prune", "fuse"),
+          *, batch: int = 32, runs: int = 30, threads: int | None = None, log=None, **options) -> dict:
+    """Compress at each sparsity with each method (compress options as keywords), validate and time
+    each result; writes sweep.md, sweep.json and (with matplotlib) sweep.png into `out_dir`."""
+    from .sweep import run_sweep
+
+    return run_sweep(model, out_dir, tuple(sparsities), tuple(methods), batch=batch, runs=runs, threads=threads,
+                     log=log, **options)
 
 
 def _counts(model: onnx.ModelProto, shapes: dict) -> tuple[int, int]:

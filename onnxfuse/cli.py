@@ -6,12 +6,14 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import api
 from .errors import OnnxfuseError
 from .graphio import check_output_path, save_model
 from .images import Preprocess
 from .latency import format_bench
+from .reports import report_paths
 from .validate import DEVICES
 
 
@@ -94,6 +96,19 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
                    help="shape of an input with dynamic dimensions other than the batch")
 
+    w = sub.add_parser("sweep", help="compress at several sparsities and methods; table and plot")
+    w.add_argument("input")
+    w.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for sweep.md/.json/.png")
+    w.add_argument("--sparsities", type=_fractions, default=(0.1, 0.3, 0.5, 0.7), metavar="S[,S...]")
+    w.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=("prune", "fuse"), metavar="M[,M]")
+    w.add_argument("--calib", help="calibration data (.npz or image folder), for the repair")
+    w.add_argument("--data", help="validation data (.npz, with labels for accuracy)")
+    w.add_argument("--repair", default="auto", choices=["auto", "none", "stats", "lsq"])
+    w.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto")
+    w.add_argument("--seed", type=int, default=0)
+    _add_bench_options(w, batches="32")
+    w.add_argument("--labels", default="labels")
+
     k = sub.add_parser("calib", help="calibration data tools")
     ksub = k.add_subparsers(dest="calib_command", metavar="{make}", required=True, parser_class=_Parser)
     m = ksub.add_parser("make", help="build a calibration .npz from a folder of images")
@@ -149,6 +164,16 @@ def _round_to(text: str) -> int | str:
     return "auto" if text == "auto" else _positive_int(text)
 
 
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions in [0, 1), got {text!r}")
+    return values
+
+
 def _positive_ints(text: str) -> tuple[int, ...]:
     return tuple(_positive_int(t) for t in text.split(","))
 
@@ -201,15 +226,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compress(args) -> int:
-    from pathlib import Path
-
-    outputs = [Path(args.output)] + ([Path(args.report)] if args.report else [])
+    outputs = [Path(args.output)] + (list(report_paths(args.report)) if args.report else [])
     for out in outputs:
         for source in (args.input, args.calib, args.data):  # never write over a file we read
             if source:
                 check_output_path(out, source)
-    if args.report and outputs[0].resolve() == outputs[1].resolve():
-        raise OnnxfuseError(f"{args.report}: the report path is the output model path; choose another")
+    if any(out.resolve() == outputs[0].resolve() for out in outputs[1:]):
+        raise OnnxfuseError(f"{args.report}: the report (JSON + .md) would overwrite the output model; "
+                            "choose another path")
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
@@ -251,6 +275,20 @@ def _bench(args) -> int:
     return 0
 
 
+def _sweep(args) -> int:
+    out = Path(args.output)
+    for source in (args.input, args.calib, args.data):
+        if source and Path(source).resolve() == out.resolve():
+            raise OnnxfuseError(f"{out}: the output folder is an input; choose another")
+    (batch, *more) = args.batch
+    if more:
+        raise OnnxfuseError("sweep times one batch size; give one --batch")
+    api.sweep(args.input, out, args.sparsities, args.methods, batch=batch, runs=args.runs, threads=args.threads,
+              calib=args.calib, data=args.data, repair=args.repair, round_to=args.round_to, device=args.device,
+              seed=args.seed, labels_key=args.labels, log=_stderr)
+    return 0
+
+
 def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
@@ -277,7 +315,8 @@ def _validation_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "bench": _bench, "calib": _calib}
+COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "bench": _bench, "sweep": _sweep,
+            "calib": _calib}
 
 if __name__ == "__main__":
     sys.exit(main())
