@@ -93,6 +93,9 @@ def compare_speed(original: onnx.ModelProto, compressed: onnx.ModelProto, *, bat
     """Latency of both models per batch size and the speed-up (original / compressed)."""
     if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise OnnxfuseError("runs and batch sizes must be positive, warm-up not negative")
+    inputs = [[(s.name, s.dtype) for s in input_specs(m)] for m in (original, compressed)]
+    if inputs[0] != inputs[1]:
+        raise OnnxfuseError(f"the models have different inputs: {inputs[0]} vs {inputs[1]}")
     threads = threads or default_threads()
     sessions = [session(original, device, threads=threads), session(compressed, device, threads=threads)]
     rows = []

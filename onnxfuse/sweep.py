@@ -33,6 +33,7 @@ def run_sweep(model, out_dir, sparsities, methods=("prune", "fuse"), *, batch: i
     if unknown or not methods:
         raise OnnxfuseError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from prune, fuse")
     original = api._load(model)
+    _check_inputs(original, options)
     rows, total = [], len(methods) * len(sparsities)
     for method in methods:
         for s in sparsities:
@@ -54,6 +55,20 @@ def run_sweep(model, out_dir, sparsities, methods=("prune", "fuse"), *, batch: i
         log("note: matplotlib is not installed, so no sweep.png (pip install 'onnxfuse[bench]')")
     log(f"wrote {out_dir}/sweep.md, sweep.json" + (", sweep.png" if (out_dir / "sweep.png").exists() else ""))
     return result
+
+
+def _check_inputs(original, options: dict) -> None:
+    """Bad options and data files fail here, before any long stage starts."""
+    from .data import load_calibration, load_npz
+    from .pipeline import Options
+
+    opts = Options.from_flat(**options)
+    opts.check()
+    if opts.calib:
+        load_calibration(opts.calib, original, opts.calib_samples, opts.seed, opts.preprocess, opts.labels_key,
+                         log=lambda msg: None)
+    if opts.data:
+        load_npz(opts.data, original, opts.labels_key)
 
 
 def _row(method: str, sparsity: float, report: dict, speed: dict) -> dict:
