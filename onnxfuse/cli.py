@@ -102,6 +102,8 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--sparsities", type=_fractions, default=(0.1, 0.3, 0.5, 0.7), metavar="S[,S...]")
     w.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=("prune", "fuse"), metavar="M[,M]")
     w.add_argument("--calib", help="calibration data (.npz or image folder), for the repair")
+    w.add_argument("--calib-samples", type=_positive_int, default=256, metavar="N",
+                   help="use at most N calibration samples (default 256)")
     w.add_argument("--data", help="validation data (.npz, with labels for accuracy)")
     w.add_argument("--repair", default="auto", choices=["auto", "none", "stats", "lsq"])
     w.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto")
@@ -284,8 +286,8 @@ def _sweep(args) -> int:
     if more:
         raise OnnxfuseError("sweep times one batch size; give one --batch")
     api.sweep(args.input, out, args.sparsities, args.methods, batch=batch, runs=args.runs, threads=args.threads,
-              calib=args.calib, data=args.data, repair=args.repair, round_to=args.round_to, device=args.device,
-              seed=args.seed, labels_key=args.labels, log=_stderr)
+              calib=args.calib, calib_samples=args.calib_samples, data=args.data, repair=args.repair,
+              round_to=args.round_to, device=args.device, seed=args.seed, labels_key=args.labels, log=_stderr)
     return 0
 
 
