@@ -203,3 +203,29 @@ def test_sweep_without_matplotlib(tmp_path, capsys, monkeypatch):
                                      ["--batch", "1,32"], ["--calib", "missing.npz"]])
 def test_sweep_bad_input(work, capsys, options):
     assert_user_error(["sweep", "model.onnx", "-o", "out", *options], capsys, work)
+
+
+def test_latency_model_with_efficiency_one_is_the_mac_model():
+    """When every group's timings saved exactly its MAC share, the latency model is the MAC model,
+    compounding included (both sides of a conv shrunk)."""
+    import numpy as np
+
+    from onnxfuse.allocate import LEVELS, importance_damage
+    from onnxfuse.latency import LATENCY_LEVELS, LatencyModel
+    from onnxfuse.planning import estimated_mac_ratio, keep_count
+
+    ctx = pipeline.run(pipeline.Context(pipeline.Options(round_to=1), str(TINYRES)), stop_after="score")
+    analysis, groups = ctx.analysis, ctx.analysis.prunable
+    savings = {g.id: np.array([1 - estimated_mac_ratio(analysis, {g.id: keep_count(g.width, s)})
+                               for s in LATENCY_LEVELS]) for g in groups}
+    model = LatencyModel(analysis, savings)
+    for s in (0.0, 0.3, 0.6):
+        counts = {g.id: keep_count(g.width, s) for g in groups}
+        assert model.ratio(counts) == pytest.approx(estimated_mac_ratio(analysis, counts), abs=1e-9)
+    halved = LatencyModel(analysis, {g: v / 2 for g, v in savings.items()})
+    counts = {g.id: keep_count(g.width, 0.5) for g in groups}
+    assert 1 - halved.ratio(counts) == pytest.approx((1 - estimated_mac_ratio(analysis, counts)) / 2)
+    damage = importance_damage(groups, ctx.scores, LEVELS)
+    for g in groups:
+        values = [damage[g.id][s] for s in (0.0, *LEVELS)]
+        assert values[0] == 0 and values == sorted(values) and values[-1] < 1
