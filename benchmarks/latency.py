@@ -106,7 +106,8 @@ NOTES = """What we found (one-off measurements made while looking for the gap, s
 - **MobileNetV2 is borderline**: with `--round-to {block}` its batch-32 speed-up was 2.14–2.72×
   (0.70–0.89 of the ideal) over five runs of this script and of the same measurement, so it
   meets the 0.8 bar only some of the time (run-to-run spread on this loaded machine is about
-  ±0.1 of the ideal for every model, e.g. ResNet-50s with `--round-to 1`: 0.71–0.83). ORT's profiler (sum of kernel times, 30 sequential
+  ±0.1 of the ideal for every model, e.g. ResNet-50s with `--round-to 1`: 0.71–0.83).
+  ORT's profiler (sum of kernel times, 30 sequential
   runs, batch 32, 1 thread) gives 21.75 → 7.65 ms, 2.84× = 0.93 of the ideal: the rest of the gap
   is outside the convolution kernels (its ~150 nodes each add per-node work such as layout
   reorders and memory planning, which do not shrink with the channels), and its depthwise
