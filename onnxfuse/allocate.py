@@ -35,7 +35,8 @@ def probe_damage(ctx, **changes) -> float:
     from . import pipeline
     from .normalize import runnable
 
-    options = dataclasses.replace(ctx.options, target_macs=None, allocate="uniform", validate=False, **changes)
+    options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
+                                  validate=False, **changes)
     probe = pipeline.Context(options, ctx.original, calib=ctx.calib, activity=ctx.activity,
                              activations=ctx.activations, log=lambda msg: None)
     probe = pipeline.run(probe, stop_after="repair")
@@ -63,15 +64,18 @@ def best_plan(ctx, candidates: dict[str, dict[int, int]]) -> tuple[str, dict[int
     return name, candidates[name], damage
 
 
-def allocate(analysis, damage: dict[int, dict[float, float]], target: float, round_to: int = 1) -> dict[int, int]:
-    """Greedy: raise the sparsity of the group whose next level costs the least damage per MAC saved."""
+def allocate(analysis, damage: dict[int, dict[float, float]], target: float, round_to: int = 1,
+             ratio_of=None, what: str = "MACs") -> dict[int, int]:
+    """Greedy: raise the sparsity of the group whose next level costs the least damage per unit of
+    `ratio_of(counts)` saved (default: the estimated MAC ratio)."""
     groups = {g.id: g for g in analysis.prunable}
     level = {gid: 0.0 for gid in groups}
+    ratio_of = ratio_of or (lambda counts: estimated_mac_ratio(analysis, counts))
 
     def counts(levels):
         return {gid: keep_count(groups[gid].width, s, round_to) for gid, s in levels.items()}
 
-    ratio = estimated_mac_ratio(analysis, counts(level))
+    ratio = ratio_of(counts(level))
     while ratio > target:
         best, best_cost = None, np.inf
         for gid, current in level.items():
@@ -79,15 +83,25 @@ def allocate(analysis, damage: dict[int, dict[float, float]], target: float, rou
             if not steps:
                 continue
             trial = {**level, gid: steps[0]}
-            saved = ratio - estimated_mac_ratio(analysis, counts(trial))
+            saved = ratio - ratio_of(counts(trial))
             if saved <= 0:
                 continue
             cost = (damage[gid][steps[0]] - damage[gid][current]) / saved
             if cost < best_cost:
                 best, best_cost = (gid, steps[0]), cost
         if best is None:
-            raise OnnxfuseError(f"cannot reach {target:.3f} of the MACs with the measured sparsity levels "
+            raise OnnxfuseError(f"cannot reach {target:.3f} of the {what} with the measured sparsity levels "
                                 f"(reached {ratio:.3f})")
         level[best[0]] = best[1]
-        ratio = estimated_mac_ratio(analysis, counts(level))
+        ratio = ratio_of(counts(level))
     return counts(level)
+
+
+def importance_damage(groups, scores: dict[int, np.ndarray], levels=LEVELS, round_to: int = 1) -> dict:
+    """Damage without data: the share of a group's importance that each sparsity level removes."""
+    damage = {}
+    for g in groups:
+        ranked, total = np.sort(scores[g.id]), max(float(scores[g.id].sum()), 1e-12)
+        damage[g.id] = {0.0: 0.0, **{s: float(ranked[:g.width - keep_count(g.width, s, round_to)].sum()) / total
+                                     for s in levels}}
+    return damage

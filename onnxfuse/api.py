@@ -1,8 +1,7 @@
-"""Public API: compress, inspect, validate, make_calibration."""
+"""Public API: compress, inspect, validate, bench, sweep, make_calibration."""
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -16,8 +15,10 @@ from .data import Dataset, has_dynamic_dims, load_calibration, load_npz, parse_i
 from .errors import OnnxfuseError
 from .graphio import check_model, check_output_path, load_model
 from .images import Preprocess
+from .latency import compare_speed
 from .metrics import count_macs, count_params
 from .normalize import import_graph, infer_shapes, with_input_shapes
+from .reports import write_report
 from .validate import compare
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -40,7 +41,7 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     ctx = pipeline.run(ctx)
     report = _compress_report(ctx)
     if report_path:
-        Path(report_path).write_text(json.dumps(report, indent=2))
+        write_report(report, report_path)
     ctx.log(summary(report))
     return ctx.result, report
 
@@ -68,12 +69,42 @@ def validate(original: ModelLike, compressed: ModelLike, *, data: str | None = N
         for name, array in dataset.feeds.items():
             shapes.setdefault(name, [1, *array.shape[1:]])
     for name, model in (("before", a), ("after", b)):
-        graph = infer_shapes(import_graph(model), model)
-        if shapes:
-            graph = with_input_shapes(graph, model, shapes)
-        report[f"params_{name}"] = count_params(graph)
-        report[f"macs_{name}"] = count_macs(graph)
+        report[f"params_{name}"], report[f"macs_{name}"] = _counts(model, shapes)
     return report
+
+
+def bench(original: ModelLike, compressed: ModelLike, *, batch_sizes: tuple[int, ...] | list[int] = (1, 32),
+          runs: int = 50, warmup: int = 5, device: str = "auto", threads: int | None = None, seed: int = 0,
+          input_shape: tuple[str, ...] | list[str] = (), log=None) -> dict:
+    """Latency (median, IQR, p10–p90) and throughput of both models per batch size, timed interleaved
+    under the same session options, with the speed-up next to the ideal one from the MAC ratio."""
+    a, b = _load(original), _load(compressed)
+    shapes = parse_input_shapes(list(input_shape), a)
+    report = compare_speed(a, b, batch_sizes=tuple(batch_sizes), runs=runs, warmup=warmup, device=device,
+                           threads=threads, seed=seed, shapes=shapes, log=log)
+    (_, before), (_, after) = _counts(a, shapes), _counts(b, shapes)
+    report.update(macs_before=before, macs_after=after)
+    if before and after:
+        report.update(mac_ratio=round(after / before, 4), ideal_speedup=round(before / after, 4))
+    return report
+
+
+def sweep(model: ModelLike, out_dir: str | os.PathLike, sparsities=(0.1, 0.3, 0.5, 0.7), methods=("prune", "fuse"),
+          *, batch: int = 32, runs: int = 30, threads: int | None = None, log=None, **options) -> dict:
+    """Compress at each sparsity with each method (compress options as keywords), validate and time
+    each result; writes sweep.md, sweep.json and (with matplotlib) sweep.png into `out_dir`."""
+    from .sweep import run_sweep
+
+    return run_sweep(model, out_dir, tuple(sparsities), tuple(methods), batch=batch, runs=runs, threads=threads,
+                     log=log, **options)
+
+
+def _counts(model: onnx.ModelProto, shapes: dict) -> tuple[int, int]:
+    """Parameters and MACs (at batch 1; `shapes` for dynamic input dimensions)."""
+    graph = infer_shapes(import_graph(model), model)
+    if shapes:
+        graph = with_input_shapes(graph, model, shapes)
+    return count_params(graph), count_macs(graph)
 
 
 def make_calibration(images: str | os.PathLike, model: ModelLike, output: str | os.PathLike | None = None, *,

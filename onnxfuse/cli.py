@@ -1,4 +1,4 @@
-"""Command line: onnxfuse compress | inspect | validate | calib make."""
+"""Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make."""
 
 from __future__ import annotations
 
@@ -6,11 +6,15 @@ import argparse
 import json
 import os
 import sys
+from pathlib import Path
 
 from . import api
 from .errors import OnnxfuseError
 from .graphio import check_output_path, save_model
 from .images import Preprocess
+from .latency import format_bench
+from .reports import report_paths
+from .validate import DEVICES
 
 
 class _Parser(argparse.ArgumentParser):
@@ -37,11 +41,16 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--ot-marginals", default="uniform", choices=["uniform", "importance"])
     c.add_argument("--ot-features", default="weights", choices=["weights", "activations", "both"],
                    help="OT cost from weights, calibration activations (needs --calib) or both")
-    c.add_argument("--round-to", type=int, default=1, help="keep a multiple of N channels per group")
+    c.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
+                   help="keep a multiple of N channels per group (auto: 8 on CUDA, 1 on the CPU)")
     c.add_argument("--global", dest="global_ranking", action="store_true",
                    help="rank channels across all groups instead of the same sparsity in each")
     c.add_argument("--max-sparsity", type=float, default=1.0, help="at most this fraction of a group goes")
     c.add_argument("--target-macs", type=float, help="keep this fraction of the MACs (solves for the sparsity)")
+    c.add_argument("--target-latency", type=float, metavar="F",
+                   help="reach this fraction of the original ONNX Runtime latency (per-group timings)")
+    c.add_argument("--latency-batch", type=_positive_int, default=32, metavar="N",
+                   help="batch size for --target-latency (default 32)")
     c.add_argument("--allocate", default="uniform", choices=["uniform", "sensitivity"],
                    help="sensitivity: per-group sparsities measured on --calib data to meet --target-macs")
     c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
@@ -57,7 +66,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--data", help="validation data (.npz); default: the calibration data, else random inputs")
     c.add_argument("--labels", default="labels", help="key of the labels array in the .npz files")
     c.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime comparison")
-    c.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    c.add_argument("--device", default="auto", choices=DEVICES)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--report", help="write the report as JSON")
 
@@ -74,10 +83,33 @@ def build_parser() -> argparse.ArgumentParser:
     v.add_argument("compressed")
     v.add_argument("--data", help=".npz inputs (random inputs when omitted)")
     v.add_argument("--labels", default="labels")
-    v.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    v.add_argument("--device", default="auto", choices=DEVICES)
     v.add_argument("--json", action="store_true")
     v.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
                    help="shape of an input with dynamic dimensions, for random inputs")
+
+    b = sub.add_parser("bench", help="latency and throughput of two models in ONNX Runtime")
+    b.add_argument("original")
+    b.add_argument("compressed")
+    _add_bench_options(b)
+    b.add_argument("--json", action="store_true")
+    b.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
+                   help="shape of an input with dynamic dimensions other than the batch")
+
+    w = sub.add_parser("sweep", help="compress at several sparsities and methods; table and plot")
+    w.add_argument("input")
+    w.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for sweep.md/.json/.png")
+    w.add_argument("--sparsities", type=_fractions, default=(0.1, 0.3, 0.5, 0.7), metavar="S[,S...]")
+    w.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=("prune", "fuse"), metavar="M[,M]")
+    w.add_argument("--calib", help="calibration data (.npz or image folder), for the repair")
+    w.add_argument("--calib-samples", type=_positive_int, default=256, metavar="N",
+                   help="use at most N calibration samples (default 256)")
+    w.add_argument("--data", help="validation data (.npz, with labels for accuracy)")
+    w.add_argument("--repair", default="auto", choices=["auto", "none", "stats", "lsq"])
+    w.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto")
+    w.add_argument("--seed", type=int, default=0)
+    _add_bench_options(w, batches="32")
+    w.add_argument("--labels", default="labels")
 
     k = sub.add_parser("calib", help="calibration data tools")
     ksub = k.add_subparsers(dest="calib_command", metavar="{make}", required=True, parser_class=_Parser)
@@ -88,6 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--seed", type=int, default=0)
     _add_calib_options(m)
     return parser
+
+
+def _add_bench_options(p: argparse.ArgumentParser, batches: str = "1,32") -> None:
+    p.add_argument("--device", default="auto", choices=DEVICES)
+    p.add_argument("--batch", type=_positive_ints, default=_positive_ints(batches), metavar="B[,B...]",
+                   help=f"batch sizes (default {batches})")
+    p.add_argument("--runs", type=_positive_int, default=50, help="timed runs per model and batch (default 50)")
+    p.add_argument("--warmup", type=_positive_int, default=5, help="untimed runs first (default 5)")
+    p.add_argument("--threads", type=_positive_int, help="intra-op threads, the same for both models "
+                   "(default: the CPUs this process may use)")
 
 
 def _add_calib_options(p: argparse.ArgumentParser) -> None:
@@ -118,6 +160,24 @@ def _positive_int(text: str) -> int:
     if value < 1:
         raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
     return value
+
+
+def _round_to(text: str) -> int | str:
+    return "auto" if text == "auto" else _positive_int(text)
+
+
+def _fractions(text: str) -> tuple[float, ...]:
+    try:
+        values = tuple(float(t) for t in text.split(","))
+    except ValueError:
+        values = ()
+    if not values or not all(0 <= v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected comma-separated fractions in [0, 1), got {text!r}")
+    return values
+
+
+def _positive_ints(text: str) -> tuple[int, ...]:
+    return tuple(_positive_int(t) for t in text.split(","))
 
 
 def _size(text: str) -> tuple[int, int]:
@@ -168,18 +228,18 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _compress(args) -> int:
-    from pathlib import Path
-
-    outputs = [Path(args.output)] + ([Path(args.report)] if args.report else [])
+    outputs = [Path(args.output)] + (list(report_paths(args.report)) if args.report else [])
     for out in outputs:
         for source in (args.input, args.calib, args.data):  # never write over a file we read
             if source:
                 check_output_path(out, source)
-    if args.report and outputs[0].resolve() == outputs[1].resolve():
-        raise OnnxfuseError(f"{args.report}: the report path is the output model path; choose another")
+    if any(out.resolve() == outputs[0].resolve() for out in outputs[1:]):
+        raise OnnxfuseError(f"{args.report}: the report (JSON + .md) would overwrite the output model; "
+                            "choose another path")
     model, report = api.compress(
         args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
         global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
+        target_latency=args.target_latency, latency_batch=args.latency_batch,
         allocate=args.allocate, ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
         calib_samples=args.calib_samples, preprocess=_preprocess(args), labels_key=args.labels, repair=args.repair,
         validate=not args.no_validate, normalization=args.normalization, ot_p=args.ot_p, ot_solver=args.ot_solver,
@@ -210,6 +270,31 @@ def _validate(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    report = api.bench(args.original, args.compressed, batch_sizes=args.batch, runs=args.runs, warmup=args.warmup,
+                       device=args.device, threads=args.threads, input_shape=args.input_shape, log=_stderr)
+    print(json.dumps(report, indent=2) if args.json else format_bench(report))
+    return 0
+
+
+def _sweep(args) -> int:
+    out = Path(args.output)
+    for source in (args.input, args.calib, args.data):
+        if source and Path(source).resolve() == out.resolve():
+            raise OnnxfuseError(f"{out}: the output folder is an input; choose another")
+    (batch, *more) = args.batch
+    if more:
+        raise OnnxfuseError("sweep times one batch size; give one --batch")
+    api.sweep(args.input, out, args.sparsities, args.methods, batch=batch, runs=args.runs, threads=args.threads,
+              calib=args.calib, calib_samples=args.calib_samples, data=args.data, repair=args.repair,
+              round_to=args.round_to, device=args.device, seed=args.seed, labels_key=args.labels, log=_stderr)
+    return 0
+
+
+def _stderr(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
 def _calib(args) -> int:  # calib make
     data = api.make_calibration(args.images, args.model, args.output, samples=args.calib_samples, seed=args.seed,
                                 preprocess=_preprocess(args))
@@ -232,7 +317,8 @@ def _validation_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "calib": _calib}
+COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "bench": _bench, "sweep": _sweep,
+            "calib": _calib}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -21,6 +21,8 @@ from .data import Dataset
 from .errors import OnnxfuseError
 from .fusion import FusionOptions
 from .images import Preprocess
+from .latency import cpu_channel_block
+from .validate import resolved_device
 
 METHODS = ("prune", "fuse")
 REPAIRS = ("auto", "none", "stats", "lsq")
@@ -32,10 +34,12 @@ class Options:
     sparsity: float = 0.5
     method: str = "prune"
     importance: str = "l1"
-    round_to: int = 1
+    round_to: int | str = "auto"  # "auto": 8 on CUDA/TensorRT, 1 on CPU (the CPU block with target_latency)
     global_ranking: bool = False
     max_sparsity: float = 1.0
     target_macs: float | None = None  # fraction of MACs to keep; solves for the sparsity
+    target_latency: float | None = None  # fraction of the ONNX Runtime latency to reach (measured per group)
+    latency_batch: int = 32  # batch size the latency target is measured at
     allocate: str = "uniform"  # or "sensitivity": per-group sparsities measured on calibration data
     ignore: tuple[str, ...] = ()
     only_groups: tuple[int, ...] | None = None  # shrink only these group ids (one-group studies)
@@ -81,8 +85,15 @@ class Options:
             raise OnnxfuseError(f"max-sparsity must be in (0, 1], got {self.max_sparsity}")
         if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:
             raise OnnxfuseError(f"target-macs must be in (0, 1], got {self.target_macs}")
-        if not isinstance(self.round_to, int) or self.round_to < 1:
-            raise OnnxfuseError(f"round-to must be a positive integer, got {self.round_to}")
+        if self.round_to != "auto" and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
+                                        or self.round_to < 1):
+            raise OnnxfuseError(f"round-to must be a positive integer or auto, got {self.round_to}")
+        if self.target_latency is not None and not 0.0 < self.target_latency <= 1.0:
+            raise OnnxfuseError(f"target-latency must be in (0, 1], got {self.target_latency}")
+        if self.target_latency is not None and (self.target_macs is not None or self.allocate != "uniform"):
+            raise OnnxfuseError("target-latency cannot be combined with target-macs or allocate sensitivity")
+        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
+            raise OnnxfuseError(f"latency-batch must be a positive integer, got {self.latency_batch}")
         if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
             raise OnnxfuseError(f"calib-samples must be a positive integer, got {self.calib_samples}")
         self.preprocess.check()
@@ -125,6 +136,15 @@ class Context:
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
 
 
+def auto_round_to(options: Options) -> int:
+    """Channel multiple per device: 8 on CUDA (tensor-core tiles); on the CPU 1, or with a latency
+    target the width of ONNX Runtime's NCHWc blocks, since widths between two blocks cost the same
+    time there (benchmarks/RESULTS.md, "Latency")."""
+    if resolved_device(options.device) != "cpu":
+        return 8
+    return cpu_channel_block() if options.target_latency is not None else 1
+
+
 def passes() -> list:
     from onnxfuse.passes import analyze, capture, emit, fuse, load, normalize, plan, repair, score, validate
 
@@ -134,6 +154,8 @@ def passes() -> list:
 
 def run(ctx: Context, stop_after: str | None = None) -> Context:
     ctx.options.check()
+    if ctx.options.round_to == "auto":
+        ctx.options = dataclasses.replace(ctx.options, round_to=auto_round_to(ctx.options))
     timings = ctx.report.setdefault("seconds", {})
     for p in passes():
         start = time.perf_counter()

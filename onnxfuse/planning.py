@@ -59,6 +59,15 @@ def _floor_keep(width: int, max_sparsity: float) -> int:
 def estimated_mac_ratio(analysis: Analysis, counts: dict[int, int]) -> float:
     """MACs after / before, from the new widths: each weighted node's MACs scale with the ratio
     of new to old width of every channel space its weights run over."""
+    total = sum(analysis.node_macs.values())
+    if not total:
+        return 1.0
+    factors = node_factors(analysis, counts)
+    return sum(macs * factors.get(node, 1.0) for node, macs in analysis.node_macs.items()) / total
+
+
+def node_factors(analysis: Analysis, counts: dict[int, int]) -> dict[str, float]:
+    """Per weighted node, the fraction of its MACs left with the new widths."""
     ratio = {}
     for group in analysis.groups:
         if group.id not in counts:
@@ -66,21 +75,20 @@ def estimated_mac_ratio(analysis: Analysis, counts: dict[int, int]) -> float:
         dropped = group.width - counts[group.id]
         for space, pos in group.positions.items():
             ratio[space] = ratio.get(space, 0) + dropped * pos.shape[1]
-    total = sum(analysis.node_macs.values())
-    if not total:
-        return 1.0
-    node_spaces: dict[str, set] = {}
+    factors = {}
+    for node, spaces in node_spaces(analysis).items():
+        factors[node] = float(np.prod([1 - ratio.get(space, 0) / analysis.widths[space] for space in spaces]))
+    return factors
+
+
+def node_spaces(analysis: Analysis) -> dict[str, set]:
+    """The channel spaces each weighted node's MACs run over."""
+    spaces: dict[str, set] = {}
     for space, members in analysis.members.items():
         for m in members:
             if m.scored:
-                node_spaces.setdefault(m.node, set()).add(space)
-    after = 0.0
-    for node, macs in analysis.node_macs.items():
-        factor = 1.0
-        for space in node_spaces.get(node, ()):
-            factor *= 1 - ratio.get(space, 0) / analysis.widths[space]
-        after += macs * factor
-    return after / total
+                spaces.setdefault(m.node, set()).add(space)
+    return spaces
 
 
 def solve_sparsity_for_macs(analysis: Analysis, scores: dict[int, np.ndarray], target: float, round_to: int = 1,

@@ -1,4 +1,6 @@
-from onnxfuse.allocate import allocate, best_plan, measure_sensitivity
+from onnxfuse.allocate import LEVELS, allocate, best_plan, importance_damage, measure_sensitivity
+from onnxfuse.errors import OnnxfuseError
+from onnxfuse.latency import LatencyModel, LatencyProbe, measure_latency_savings, pruned_probe
 from onnxfuse.planning import estimated_mac_ratio, keep_counts, solve_sparsity_for_macs, top_k
 
 
@@ -17,6 +19,8 @@ class Plan:
             counts = opts.fixed_counts
         elif opts.allocate == "sensitivity":
             counts = self._sensitivity(ctx)
+        elif opts.target_latency is not None:
+            counts = self._latency(ctx)
         elif opts.target_macs is not None:
             sparsity, counts = solve_sparsity_for_macs(ctx.analysis, ctx.scores, opts.target_macs, opts.round_to,
                                                        opts.global_ranking, opts.max_sparsity)
@@ -40,4 +44,36 @@ class Plan:
                                      for gid, levels in damage.items()}
         ctx.report["allocation"] = {"chosen": chosen, "damage": {k: round(v, 6) for k, v in totals.items()}}
         ctx.log(f"allocation: {chosen} (calibration damage {', '.join(f'{k} {v:.4f}' for k, v in totals.items())})")
+        return counts
+
+    @staticmethod
+    def _latency(ctx, corrections: int = 3):
+        """Per-group latency savings measured in ONNX Runtime, damage measured on --calib (else the
+        importance removed), greedy allocation; the measured result corrects the goal when it misses."""
+        opts, groups = ctx.options, ctx.analysis.prunable
+        probe = LatencyProbe(ctx.original, opts.device, opts.latency_batch, ctx.input_shapes)
+        savings = measure_latency_savings(ctx, probe)
+        damage = measure_sensitivity(ctx) if ctx.calib is not None else importance_damage(
+            groups, ctx.scores, LEVELS, opts.round_to)
+
+        ratio_of = LatencyModel(ctx.analysis, savings, opts.round_to).ratio
+
+        goal, tried = opts.target_latency, []
+        for _ in range(corrections + 1):
+            try:
+                counts = allocate(ctx.analysis, damage, goal, opts.round_to, ratio_of, what="latency")
+            except OnnxfuseError:
+                if not tried:
+                    raise
+                break
+            reached = probe.ratio(pruned_probe(ctx, counts))
+            tried.append((reached, goal, counts))
+            ctx.log(f"latency: allocation for {goal:.3f} (estimated {ratio_of(counts):.3f}) measures {reached:.3f}")
+            if reached <= opts.target_latency:
+                break
+            goal *= opts.target_latency / reached
+        reached, goal, counts = next((t for t in tried if t[0] <= opts.target_latency), tried[-1])
+        ctx.report["latency_plan"] = {"goal": round(goal, 4), "estimated": round(ratio_of(counts), 4),
+                                      "probe_reached": round(reached, 4),
+                                      "savings": {str(g): [round(float(x), 4) for x in v] for g, v in savings.items()}}
         return counts

@@ -1,4 +1,5 @@
 from onnxfuse.data import random_inputs
+from onnxfuse.latency import PROBE_RUNS, LatencyProbe
 from onnxfuse.validate import compare
 
 
@@ -8,6 +9,8 @@ class Validate:
     name = "validate"
 
     def run(self, ctx):
+        if ctx.options.target_latency is not None:
+            self._latency(ctx)
         if not ctx.options.validate:
             return ctx
         if ctx.data is not None:
@@ -20,3 +23,16 @@ class Validate:
         ctx.report["validation"] = compare(ctx.original, ctx.result, data, ctx.options.device, original_path=path)
         ctx.report["validation"]["data"] = source
         return ctx
+
+    @staticmethod
+    def _latency(ctx):
+        """The result's latency against the original's, measured (not estimated), and said plainly."""
+        opts = ctx.options
+        probe = LatencyProbe(ctx.original, opts.device, opts.latency_batch, ctx.input_shapes)
+        reached = probe.ratio(ctx.result, runs=3 * PROBE_RUNS)
+        ctx.report["latency"] = {"target": opts.target_latency, "reached": round(reached, 4),
+                                 "met": reached <= opts.target_latency, "batch": opts.latency_batch,
+                                 "provider": probe.sess.get_providers()[0], "threads": probe.threads}
+        verdict = "met" if reached <= opts.target_latency else "MISSED"
+        ctx.log(f"latency: target {opts.target_latency:.3f}, reached {reached:.3f} of the original "
+                f"at batch {opts.latency_batch} ({verdict})")

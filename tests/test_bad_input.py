@@ -457,7 +457,7 @@ def test_model_without_prunable_group_is_copied(tmp_path, capsys, build):
     run = [ort.InferenceSession(m.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})[0]
            for m in (model, out)]
     np.testing.assert_allclose(run[1], run[0], rtol=1e-5, atol=1e-5)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx", "r.json"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.onnx", "out.onnx", "r.json", "r.md"]
 
 
 # ---------------------------------------------------------------------------------------------

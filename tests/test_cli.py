@@ -64,7 +64,7 @@ def compressed(tmp_path_factory):
 def test_compress_writes_a_runnable_model(compressed):
     assert f"wrote {compressed['out']}" in compressed["stderr"]
     assert "Traceback" not in compressed["stderr"]
-    assert sorted(p.name for p in compressed["folder"].iterdir()) == ["out.onnx", "r.json"]  # no temp files
+    assert sorted(p.name for p in compressed["folder"].iterdir()) == ["out.onnx", "r.json", "r.md"]  # no temp files
     model = onnx.load(compressed["out"])
     onnx.checker.check_model(model, full_check=True)
     old, new = _session(FOLDED), _session(model)

@@ -1,0 +1,123 @@
+"""`onnxfuse sweep`: compress at several sparsities with each method, validate, time, tabulate, plot."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+from .errors import OnnxfuseError
+from .latency import compare_speed
+from .reports import write_text
+
+
+def check_out_dir(out_dir: Path) -> None:
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OnnxfuseError(f"{out_dir}: not a folder")
+    if not out_dir.parent.is_dir():
+        raise OnnxfuseError(f"{out_dir.parent}: no such folder")
+
+
+def run_sweep(model, out_dir, sparsities, methods=("prune", "fuse"), *, batch: int = 32, runs: int = 30,
+              threads: int | None = None, log=None, **options) -> dict:
+    """Rows of (method, sparsity, MAC ratio, accuracy/agreement, latency ratio); writes sweep.json,
+    sweep.md and sweep.png (with matplotlib) into `out_dir` once everything has been measured."""
+    from . import api
+
+    log = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
+    out_dir = Path(out_dir)
+    check_out_dir(out_dir)
+    if not sparsities or not all(0 <= s < 1 for s in sparsities):
+        raise OnnxfuseError(f"sparsities must be in [0, 1), got {list(sparsities)}")
+    unknown = sorted(set(methods) - {"prune", "fuse"})
+    if unknown or not methods:
+        raise OnnxfuseError(f"unknown method(s) {', '.join(unknown) or '(none)'}; choose from prune, fuse")
+    original = api._load(model)
+    _check_inputs(original, options)
+    rows, total = [], len(methods) * len(sparsities)
+    for method in methods:
+        for s in sparsities:
+            log(f"sweep {len(rows) + 1}/{total}: {method} at sparsity {s}: compressing")
+            compressed, report = api.compress(original, s, method=method, quiet=True, **options)
+            log(f"sweep {len(rows) + 1}/{total}: {method} at sparsity {s}: timing at batch {batch}")
+            speed = compare_speed(original, compressed, batch_sizes=(batch,), runs=runs,
+                                  device=options.get("device", "auto"), threads=threads)
+            rows.append(_row(method, s, report, speed))
+    result = {"model": str(model) if not hasattr(model, "graph") else "model", "batch": batch,
+              "provider": speed["provider"], "threads": speed["threads"], "rows": rows,
+              "accuracy_original": report["validation"].get("accuracy_original")}
+    out_dir.mkdir(exist_ok=True)
+    write_text(out_dir / "sweep.json", json.dumps(result, indent=2))
+    write_text(out_dir / "sweep.md", table(result))
+    try:
+        plot(result, out_dir / "sweep.png")
+    except ImportError:
+        log("note: matplotlib is not installed, so no sweep.png (pip install 'onnxfuse[bench]')")
+    log(f"wrote {out_dir}/sweep.md, sweep.json" + (", sweep.png" if (out_dir / "sweep.png").exists() else ""))
+    return result
+
+
+def _check_inputs(original, options: dict) -> None:
+    """Bad options and data files fail here, before any long stage starts."""
+    from .data import load_calibration, load_npz
+    from .pipeline import Options
+
+    opts = Options.from_flat(**options)
+    opts.check()
+    if opts.calib:
+        load_calibration(opts.calib, original, opts.calib_samples, opts.seed, opts.preprocess, opts.labels_key,
+                         log=lambda msg: None)
+    if opts.data:
+        load_npz(opts.data, original, opts.labels_key)
+
+
+def _row(method: str, sparsity: float, report: dict, speed: dict) -> dict:
+    val = report["validation"]
+    (timing,) = speed["batches"]
+    return {"method": method, "sparsity": sparsity,
+            "mac_ratio": round(report["macs_after"] / report["macs_before"], 4),
+            "params_ratio": round(report["params_after"] / report["params_before"], 4),
+            "accuracy": val.get("accuracy_compressed"), "agreement": val.get("top1_agreement"),
+            "latency_ms": timing["compressed"]["median_ms"], "latency_ratio": round(1 / timing["speedup"], 4),
+            "speedup": timing["speedup"]}
+
+
+def table(result: dict) -> str:
+    dense = result["accuracy_original"]
+    lines = [f"Sweep of {result['model']}: ONNX Runtime {result['provider']}, batch {result['batch']}, "
+             f"{result['threads']} threads" + (f"; dense accuracy {100 * dense:.2f} %" if dense is not None else ""),
+             "", "| method | sparsity | MACs | params | accuracy % | top-1 agreement % | latency ms | "
+             "speed-up | ideal (1/MACs) |", "|---|---|---|---|---|---|---|---|---|"]
+    for r in result["rows"]:
+        acc = f"{100 * r['accuracy']:.2f}" if r["accuracy"] is not None else "–"
+        agree = f"{100 * r['agreement']:.1f}" if r["agreement"] is not None else "–"
+        lines.append(f"| {r['method']} | {r['sparsity']} | {r['mac_ratio']:.3f}× | {r['params_ratio']:.3f}× | {acc} | "
+                     f"{agree} | {r['latency_ms']:.3f} | {r['speedup']:.2f}× | {1 / r['mac_ratio']:.2f}× |")
+    return "\n".join(lines) + "\n"
+
+
+def plot(result: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    metric = "accuracy" if result["accuracy_original"] is not None else "agreement"
+    for method in dict.fromkeys(r["method"] for r in result["rows"]):
+        rows = sorted((r for r in result["rows"] if r["method"] == method), key=lambda r: r["mac_ratio"])
+        macs = [r["mac_ratio"] for r in rows]
+        left.plot(macs, [100 * r[metric] for r in rows], "o-", label=method)
+        right.plot(macs, [r["latency_ratio"] for r in rows], "o-", label=method)
+    if metric == "accuracy":
+        left.axhline(100 * result["accuracy_original"], color="grey", ls="--", label="dense")
+    right.plot([0, 1], [0, 1], color="grey", ls="--", label="ideal (latency = MACs)")
+    left.set(xlabel="MACs (fraction of dense)", ylabel=f"{metric} %", title=f"{metric} vs MACs")
+    right.set(xlabel="MACs (fraction of dense)", ylabel="latency (fraction of dense)",
+              title=f"latency vs MACs, batch {result['batch']} ({result['provider'].replace('ExecutionProvider', '')})")
+    for ax in (left, right):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
