@@ -229,3 +229,12 @@ def test_latency_model_with_efficiency_one_is_the_mac_model():
     for g in groups:
         values = [damage[g.id][s] for s in (0.0, *LEVELS)]
         assert values[0] == 0 and values == sorted(values) and values[-1] < 1
+
+
+@pytest.mark.parametrize("round_to, hinted", [(1, True), (16, False)])
+def test_summary_hints_at_the_cpu_channel_block(monkeypatch, round_to, hinted):
+    monkeypatch.setattr(onnxfuse.api, "cpu_channel_block", lambda: 16)  # the block differs between CPUs
+    model = str(Path(__file__).parents[1] / "models" / "resnet18_fmnist_folded.onnx")
+    _, report = onnxfuse.compress(model, 0.5, round_to=round_to, validate=False, quiet=True)
+    assert ("hint: " in onnxfuse.api.summary(report)) == hinted
+    assert all(g["kept"] % 16 == 0 for g in report["groups"] if "kept" in g) != hinted
