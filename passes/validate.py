@@ -16,7 +16,7 @@ class Validate:
             data, source = ctx.calib, f"{ctx.options.calib} (calibration data)"
         else:
             data, source = random_inputs(ctx.original, seed=ctx.options.seed, shapes=ctx.input_shapes), "random inputs"
-        path = ctx.source if isinstance(ctx.source, str) else None
-        ctx.report["validation"] = compare(ctx.original, ctx.result, data, ctx.options.device, original_path=path)
+        ctx.report["validation"] = compare(ctx.original, ctx.result, data, ctx.options.device,
+                                           original_path=ctx.original_path)
         ctx.report["validation"]["data"] = source
         return ctx
