@@ -56,6 +56,7 @@ class ExternalValues(LazyValues):
             load_external_data_for_tensor(loaded, self.folder)
         except (OSError, ValueError) as exc:
             raise OnnxfuseError(f"cannot read external data of {self.header.name} ({exc})") from None
+        loaded.ClearField("data_location")  # as if it had always been inline
         return loaded
 
 
