@@ -37,11 +37,11 @@ def probe_damage(ctx, **changes) -> float:
 
     options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
                                   validate=False, **changes)
-    probe = pipeline.Context(options, ctx.original, calib=ctx.calib, activity=ctx.activity,
+    probe = pipeline.Context(options, ctx.model_source, calib=ctx.calib, activity=ctx.activity,
                              activations=ctx.activations, log=lambda msg: None)
     probe = pipeline.run(probe, stop_after="repair")
     data = Dataset({k: v[:PROBE_SAMPLES] for k, v in ctx.calib.feeds.items()})
-    return output_damage(ctx.original, runnable(probe.graph, ctx.original), data)
+    return output_damage(ctx.model_source, runnable(probe.graph, ctx.original), data)
 
 
 def measure_sensitivity(ctx, levels=LEVELS) -> dict[int, dict[float, float]]:

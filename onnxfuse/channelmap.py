@@ -131,11 +131,20 @@ def apply_maps(graph: gs.Graph, analysis: Analysis, maps: dict[int, GroupMap]) -
     return space_maps
 
 
+CHUNK = 1 << 22  # elements of float64 work array at a time
+
+
 def _apply_along(values: np.ndarray, axis: int, matrix: csr_matrix) -> np.ndarray:
+    """`matrix` applied along `axis` in float64, a chunk of columns at a time (every output
+    element is its own sum, so chunks change nothing but the size of the work arrays)."""
     moved = np.moveaxis(values, axis, 0)
-    flat = moved.reshape(moved.shape[0], -1).astype(np.float64)
-    out = (matrix @ flat).reshape((matrix.shape[0],) + moved.shape[1:])
-    return np.ascontiguousarray(np.moveaxis(out, 0, axis)).astype(values.dtype)
+    flat = moved.reshape(moved.shape[0], -1)
+    out = np.empty((matrix.shape[0], flat.shape[1]), dtype=values.dtype)
+    step = max(1, CHUNK // max(1, flat.shape[0]))
+    for start in range(0, flat.shape[1], step):
+        out[:, start:start + step] = matrix @ flat[:, start:start + step].astype(np.float64)
+    out = out.reshape((matrix.shape[0],) + moved.shape[1:])
+    return np.ascontiguousarray(np.moveaxis(out, 0, axis))
 
 
 def _is_identity(gmap: GroupMap, width: int) -> bool:

@@ -63,15 +63,16 @@ class Analysis:
 def member_rows(group: Group, tensors: dict[str, gs.Tensor], min_ndim: int = 1,
                 roles=("producer", "consumer", "param")):
     """(member, rows) for every scored member of `roles`: rows is (n, k, d), each channel's slice
-    of the weight at each of its k positions (k > 1 for flatten heads and channel multipliers)."""
+    of the weight at each of its k positions (k > 1 for flatten heads and channel multipliers), a
+    new float64 array (the weight's own dtype until then: no float64 copy of the whole weight)."""
     for member in group.members:
         if not member.scored or member.role not in roles:
             continue
-        values = np.asarray(tensors[member.tensor].values, dtype=np.float64)
+        values = np.asarray(tensors[member.tensor].values)
         if values.ndim < min_ndim:
             continue
         moved = np.moveaxis(values, member.axis, 0).reshape(values.shape[member.axis], -1)
-        yield member, moved[group.positions[member.space]]
+        yield member, moved[group.positions[member.space]].astype(np.float64)
 
 
 def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, int] | None = None) -> Analysis:

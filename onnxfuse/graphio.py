@@ -8,14 +8,17 @@ from pathlib import Path
 
 import onnx
 from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, set_external_data
 
 from .errors import OnnxfuseError
 
 TWO_GB = 2**31
 
 
-def load_model(path: str | os.PathLike) -> onnx.ModelProto:
-    """Load an ONNX file with its external data, or raise OnnxfuseError saying what is wrong."""
+def load_model(path: str | os.PathLike, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file with its external data, or raise OnnxfuseError saying what is wrong.
+    With `external_data=False` the main graph's initializers stored as external data stay in their
+    file (the proto holds no copy; `has_external_data` tells); their files are checked."""
     path = Path(path)
     if not path.exists():
         raise OnnxfuseError(f"{path}: no such file")
@@ -33,10 +36,54 @@ def load_model(path: str | os.PathLike) -> onnx.ModelProto:
         raise OnnxfuseError(f"{path}: not an ONNX model (no graph with nodes)")
     check_model(str(path), what=str(path))  # from the file: the weights are not copied to check them
     try:
-        onnx.load_external_data_for_model(model, str(path.parent))
-    except (OSError, onnx.checker.ValidationError) as exc:
+        if external_data:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        else:
+            _load_all_but_initializers(model, str(path.parent))
+            for tensor in model.graph.initializer:
+                if _is_external(tensor):
+                    _check_external_file(tensor, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
         raise OnnxfuseError(f"{path}: cannot read external data ({_first_line(exc)})") from None
     return model
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(_is_external(t) for t in model.graph.initializer)
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _load_all_but_initializers(model: onnx.ModelProto, folder: str) -> None:
+    """External data of subgraphs and attributes (rare and small) is read into the proto."""
+    tensors = [t for node in model.graph.node for t in _node_tensors(node, attributes=True)]
+    for tensor in tensors:
+        if _is_external(tensor):
+            load_external_data_for_tensor(tensor, folder)
+
+
+def _check_external_file(tensor: onnx.TensorProto, folder: str) -> None:
+    info = ExternalDataInfo(tensor)
+    size = os.path.getsize(os.path.join(folder, info.location))  # the checker vetted the location
+    if size < (info.offset or 0) + (info.length or 0):
+        raise ValueError(f"{info.location} is too short for tensor {tensor.name}")
+
+
+def _graph_tensors(graph: onnx.GraphProto, attributes: bool):
+    yield from graph.initializer
+    for node in graph.node:
+        yield from _node_tensors(node, attributes)
+
+
+def _node_tensors(node: onnx.NodeProto, attributes: bool):
+    """Tensors of a node's attributes (with `attributes`) and its subgraphs' initializers."""
+    for attr in node.attribute:
+        if attributes:
+            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            yield from _graph_tensors(graph, attributes)
 
 
 def check_model(model: onnx.ModelProto | str, what: str = "model", full: bool = False) -> None:
@@ -47,28 +94,52 @@ def check_model(model: onnx.ModelProto | str, what: str = "model", full: bool = 
         raise OnnxfuseError(f"{what}: invalid ONNX model ({_first_line(exc)})") from None
 
 
+EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay in the .onnx file (onnx's default)
+
+
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.PathLike | None = None):
-    """Write atomically (temp file in the same folder, then rename); never overwrite the input.
-    The weights go to `OUT.onnx.data` (external data) when the input kept them so or above 2 GB."""
+    """Write atomically (temp files in the same folder, then renames); never overwrite the input.
+    The weights go to `OUT.onnx.data` (external data) when the input kept them so or above 2 GB;
+    as with onnx.save_model, the model's tensors then point there instead of holding their data."""
     path = Path(path)
     check_output_path(path, input_path)
     external = model.ByteSize() >= TWO_GB or input_path is not None and _has_external_data(input_path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    data = path.with_name(path.name + ".data")
+    temps = []
     try:
         if external:
-            data = path.with_name(path.name + ".data")
-            if data.exists():
-                data.unlink()  # onnx appends to an existing data file
-            onnx.save_model(model, tmp, save_as_external_data=True, all_tensors_to_one_file=True,
-                            location=data.name, size_threshold=1024)
-        else:
-            onnx.save_model(model, tmp)
-        os.replace(tmp, path)
+            temps.append(_temp_file(data))
+            _write_external_data(model, temps[-1], data.name)
+        temps.append(_temp_file(path))
+        onnx.save_model(model, temps[-1])
+        if external:
+            os.replace(temps[0], data)
+        os.replace(temps[-1], path)
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
         raise
+
+
+def _temp_file(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def _write_external_data(model: onnx.ModelProto, data_path: str, location: str) -> None:
+    """Move every initializer's raw data of at least EXTERNAL_THRESHOLD bytes to `data_path`, one
+    tensor at a time (the model holds no second copy); the tensors point to `location`."""
+    with open(data_path, "wb") as data:
+        for tensor in _graph_tensors(model.graph, attributes=False):
+            raw = tensor.raw_data if tensor.HasField("raw_data") else b""
+            if len(raw) < EXTERNAL_THRESHOLD:
+                continue
+            offset = data.tell()
+            data.write(raw)
+            set_external_data(tensor, location, offset, data.tell() - offset)
+            tensor.ClearField("raw_data")
 
 
 def _has_external_data(path: str | os.PathLike) -> bool:

@@ -38,7 +38,13 @@ def score_group(name: str, group: Group, tensors: dict[str, gs.Tensor], seed: in
 
 def magnitude(group: Group, tensors, p: int) -> np.ndarray:
     """Σ|w|^p of every scored member, averaged over members (no normaliser)."""
-    per_member = [(np.abs(rows) ** p).sum(axis=(1, 2)) for _, rows in member_rows(group, tensors)]
+    per_member = []
+    for _, rows in member_rows(group, tensors):
+        np.abs(rows, out=rows)  # a fresh array: work in place
+        if p != 1:
+            rows **= p
+        per_member.append(rows.sum(axis=(1, 2)))
+        del rows
     return np.mean(per_member, axis=0) if per_member else np.ones(group.width)
 
 

@@ -138,10 +138,12 @@ PROBE_RUNS = 15
 class LatencyProbe:
     """Latency of models relative to `original`, each timed interleaved with it."""
 
-    def __init__(self, original: onnx.ModelProto, device: str, batch: int, shapes: dict | None = None):
+    def __init__(self, original: onnx.ModelProto, device: str, batch: int, shapes: dict | None = None,
+                 source: str | onnx.ModelProto | None = None):
+        """`source`: where ONNX Runtime reads the original (its file when the weights stayed there)."""
         self.device, self.threads = device, default_threads()
         self.feeds = random_inputs(original, batch=batch, shapes=shapes).feeds
-        self.sess = session(original, device, threads=self.threads)
+        self.sess = session(source if source is not None else original, device, threads=self.threads)
         self.base = Timer(self.sess, self.feeds)
 
     def ratio(self, model: onnx.ModelProto, runs: int = PROBE_RUNS) -> float:
@@ -157,7 +159,7 @@ def pruned_probe(ctx, counts: dict[int, int] | None = None, **changes) -> onnx.M
     options = dataclasses.replace(ctx.options, method="prune", importance="l1", repair="none", calib=None,
                                   data=None, target_latency=None, target_macs=None, allocate="uniform",
                                   validate=False, fixed_counts=counts, **changes)
-    return pipeline.run(pipeline.Context(options, ctx.original, log=lambda msg: None), stop_after="emit").result
+    return pipeline.run(pipeline.Context(options, ctx.model_source, log=lambda msg: None), stop_after="emit").result
 
 
 def measure_latency_savings(ctx, probe: LatencyProbe, levels=LATENCY_LEVELS) -> dict[int, np.ndarray]:

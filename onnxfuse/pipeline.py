@@ -119,6 +119,7 @@ class Context:
     options: Options
     source: str | onnx.ModelProto
     original: onnx.ModelProto | None = None
+    weights_dir: str | None = None  # set when `original` left its weights in their external-data files there
     graph: gs.Graph | None = None
     analysis: Analysis | None = None
     calib: Dataset | None = None
@@ -134,6 +135,16 @@ class Context:
     result: onnx.ModelProto | None = None
     report: dict = field(default_factory=dict)
     log: Callable[[str], None] = field(default=lambda msg: print(msg, file=sys.stderr))
+
+    @property
+    def original_path(self) -> str | None:
+        return self.source if isinstance(self.source, str) else None
+
+    @property
+    def model_source(self) -> str | onnx.ModelProto:
+        """The original as ONNX Runtime or another pipeline run reads it: its file when the
+        weights stayed there, else the proto."""
+        return self.source if self.weights_dir else self.original
 
 
 def auto_round_to(options: Options) -> int:

@@ -91,22 +91,25 @@ def compare(original: onnx.ModelProto, compressed: onnx.ModelProto, data: Datase
         keep = len(data) - len(data) % batch
         data = Dataset({k: v[:keep] for k, v in data.feeds.items()},
                        None if data.labels is None else data.labels[:keep])
-    sess_a, sess_b = session(original_path or original, device), session(compressed, device)
-    out_a, out_b = run(sess_a, data, batch), run(sess_b, data, batch)
+    sess = session(original_path or original, device)  # one model at a time in ONNX Runtime
+    out_a, names = run(sess, data, batch), [o.name for o in sess.get_outputs()]
+    del sess
+    sess = session(compressed, device)
+    out_b = run(sess, data, batch)
     report = {
-        "provider": sess_b.get_providers()[0],
+        "provider": sess.get_providers()[0],
         "samples": len(data),
         "outputs": {},
     }
-    for meta, a, b in zip(sess_a.get_outputs(), out_a, out_b):
+    for name, a, b in zip(names, out_a, out_b):
         if a.shape != b.shape:
-            raise OnnxfuseError(f"output {meta.name!r} changed shape {a.shape} -> {b.shape}")
+            raise OnnxfuseError(f"output {name!r} changed shape {a.shape} -> {b.shape}")
         if a.dtype.kind != "f":
-            report["outputs"][meta.name] = {"equal": bool(np.array_equal(a, b))}
+            report["outputs"][name] = {"equal": bool(np.array_equal(a, b))}
             continue
         err = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        report["outputs"][meta.name] = {"max_abs_error": float(err.max(initial=0.0)),
-                                        "mean_abs_error": float(err.mean()) if err.size else 0.0}
+        report["outputs"][name] = {"max_abs_error": float(err.max(initial=0.0)),
+                                   "mean_abs_error": float(err.mean()) if err.size else 0.0}
     first_a, first_b = out_a[0], out_b[0]
     if first_a.dtype.kind == "f" and first_a.ndim >= 2:
         top_a, top_b = first_a.argmax(-1), first_b.argmax(-1)

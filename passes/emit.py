@@ -1,4 +1,5 @@
 import onnx
+from onnx.external_data_helper import load_external_data_for_model
 from onnxfuse.passes.analyze import mac_graph
 
 from onnxfuse.graphio import TWO_GB
@@ -7,18 +8,23 @@ from onnxfuse.normalize import export_model, infer_shapes
 
 
 class Emit:
-    """Re-infer shapes, export with the original opsets, check fully, keep the same interface."""
+    """Re-infer shapes, export with the original opsets, check fully, keep the same interface.
+    The result proto takes over the weights: the graph's constants read them from it."""
 
     name = "emit"
 
     def run(self, ctx):
         if not ctx.analysis.prunable:
             ctx.result = ctx.original  # nothing to prune: an unchanged copy
+            if ctx.weights_dir:
+                ctx.result = onnx.ModelProto()
+                ctx.result.CopyFrom(ctx.original)
+                load_external_data_for_model(ctx.result, ctx.weights_dir)
             ctx.report["params_after"] = ctx.report["params_before"]
             ctx.report["macs_after"] = ctx.report["macs_before"]
             return ctx
         ctx.graph = infer_shapes(ctx.graph, ctx.original)
-        model = export_model(ctx.graph, ctx.original)
+        model = export_model(ctx.graph, ctx.original, release=True)
         try:
             if model.ByteSize() < TWO_GB:  # the checker cannot take larger protos
                 onnx.checker.check_model(model, full_check=True)

@@ -1,12 +1,15 @@
+from pathlib import Path
+
 import onnx
 
 from onnxfuse.data import has_dynamic_dims, load_calibration, load_npz, parse_input_shapes
-from onnxfuse.graphio import check_model, load_model
+from onnxfuse.graphio import check_model, has_external_data, load_model
 
 
 class Load:
     """Read the model (path or ModelProto), the calibration data (.npz or image folder, at most
-    calib_samples) and the validation data."""
+    calib_samples) and the validation data. Weights stored as external data stay in their files:
+    the graph reads them from there (normalize), one at a time."""
 
     name = "load"
 
@@ -16,7 +19,9 @@ class Load:
             ctx.original = onnx.ModelProto()
             ctx.original.CopyFrom(ctx.source)  # the graph tools write into the protos they import
         else:
-            ctx.original = load_model(ctx.source)
+            ctx.original = load_model(ctx.source, external_data=False)
+            if has_external_data(ctx.original):
+                ctx.weights_dir = str(Path(ctx.source).parent)
         if ctx.options.calib and ctx.calib is None:  # probes of the allocator pass it in
             opts = ctx.options
             ctx.calib = load_calibration(opts.calib, ctx.original, opts.calib_samples, opts.seed, opts.preprocess,

@@ -7,7 +7,7 @@ class Normalize:
     name = "normalize"
 
     def run(self, ctx):
-        graph = infer_shapes(import_graph(ctx.original), ctx.original)  # shapes let Shape ops fold
+        graph = infer_shapes(import_graph(ctx.original, ctx.weights_dir), ctx.original)  # shapes let Shape ops fold
         notes = normalize(graph, fold_bn=ctx.options.fold_bn)
         ctx.graph = infer_shapes(graph, ctx.original)
         ctx.report["normalize"] = notes

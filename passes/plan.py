@@ -51,7 +51,7 @@ class Plan:
         """Per-group latency savings measured in ONNX Runtime, damage measured on --calib (else the
         importance removed), greedy allocation; the measured result corrects the goal when it misses."""
         opts, groups = ctx.options, ctx.analysis.prunable
-        probe = LatencyProbe(ctx.original, opts.device, opts.latency_batch, ctx.input_shapes)
+        probe = LatencyProbe(ctx.original, opts.device, opts.latency_batch, ctx.input_shapes, ctx.model_source)
         savings = measure_latency_savings(ctx, probe)
         damage = measure_sensitivity(ctx) if ctx.calib is not None else importance_damage(
             groups, ctx.scores, LEVELS, opts.round_to)

@@ -16,7 +16,7 @@ class Repair:
             return ctx
         if ctx.options.validate and ctx.data is not None:  # what the repair recovers, in the report
             ctx.report["validation_before_repair"] = compare(ctx.original, runnable(ctx.graph, ctx.original), ctx.data,
-                                                             ctx.options.device)
+                                                             ctx.options.device, original_path=ctx.original_path)
         repair = repair_stats if method == "stats" else repair_lsq
         ctx.report["repair"] = repair(ctx.graph, ctx.original, ctx.before_fuse, ctx.analysis, ctx.space_maps,
                                       ctx.calib, log=ctx.log)

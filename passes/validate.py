@@ -19,8 +19,8 @@ class Validate:
             data, source = ctx.calib, f"{ctx.options.calib} (calibration data)"
         else:
             data, source = random_inputs(ctx.original, seed=ctx.options.seed, shapes=ctx.input_shapes), "random inputs"
-        path = ctx.source if isinstance(ctx.source, str) else None
-        ctx.report["validation"] = compare(ctx.original, ctx.result, data, ctx.options.device, original_path=path)
+        ctx.report["validation"] = compare(ctx.original, ctx.result, data, ctx.options.device,
+                                           original_path=ctx.original_path)
         ctx.report["validation"]["data"] = source
         return ctx
 
@@ -28,7 +28,7 @@ class Validate:
     def _latency(ctx):
         """The result's latency against the original's, measured (not estimated), and said plainly."""
         opts = ctx.options
-        probe = LatencyProbe(ctx.original, opts.device, opts.latency_batch, ctx.input_shapes)
+        probe = LatencyProbe(ctx.original, opts.device, opts.latency_batch, ctx.input_shapes, ctx.model_source)
         reached = probe.ratio(ctx.result, runs=3 * PROBE_RUNS)
         ctx.report["latency"] = {"target": opts.target_latency, "reached": round(reached, 4),
                                  "met": reached <= opts.target_latency, "batch": opts.latency_batch,
