@@ -94,15 +94,6 @@ def _finish(graph) -> onnx.ModelProto:
 # fixtures and the common assertion
 
 
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    """A scratch folder (also the current directory) holding the tiny models."""
-    monkeypatch.chdir(tmp_path)
-    onnx.save(conv_relu_conv(), tmp_path / "model.onnx")
-    onnx.save(two_inputs(), tmp_path / "two.onnx")
-    return tmp_path
-
-
 def _digest(path: Path) -> str | None:
     return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
 

@@ -87,16 +87,6 @@ def test_gpu_device_without_gpu_provider(work, capsys, command, device):
     assert "CPUExecutionProvider" in line  # says what is available
 
 
-@pytest.fixture
-def work(tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)
-    from tests.test_bad_input import two_inputs
-
-    onnx.save(conv_relu_conv(), tmp_path / "model.onnx")
-    onnx.save(two_inputs(), tmp_path / "two.onnx")
-    return tmp_path
-
-
 # ---------------------------------------------------------------------------------------------
 # round-to per device
 
