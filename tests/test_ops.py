@@ -7,6 +7,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import pytest
+from onnx import TensorProto
 
 import onnxfuse
 from onnxfuse.errors import OnnxfuseError
@@ -336,6 +337,32 @@ def test_quantized_weights_stay_frozen_and_the_model_unchanged():
     assert any("DequantizeLinear" in g["frozen"] or "computed weights" in g["frozen"] for g in groups)
     compressed, report = onnxfuse.compress(model, 0.5, validate=False, quiet=True)
     assert compressed.SerializeToString() == model.SerializeToString()
+
+
+@pytest.mark.parametrize("integer_op", ["QLinearConv", "ConvInteger"])
+def test_integer_convolutions_freeze_the_groups_they_touch(integer_op):
+    """A float model with one integer convolution in the middle: the groups that feed or read it
+    are frozen with the op named, the others still shrink, and the result runs."""
+    n = Net(opset=13)
+    a = n.relu(n.conv(n.relu(n.conv("x", 3, 8)), 8, 8))  # groups: conv1 → conv2 (free), conv2 → integer op
+    q = n.op("QuantizeLinear", [a, n.const(np.float32(0.05)), n.const(np.uint8(0))])
+    w = n.const(np.random.default_rng(0).integers(-100, 100, (8, 8, 3, 3)).astype(np.int8))
+    if integer_op == "QLinearConv":
+        y = n.op("QLinearConv", [q, n.const(np.float32(0.05)), n.const(np.uint8(0)), w, n.const(np.float32(0.01)),
+                                 n.const(np.int8(0)), n.const(np.float32(0.1)), n.const(np.uint8(128))], pads=[1] * 4)
+        y = n.op("DequantizeLinear", [y, n.const(np.float32(0.1)), n.const(np.uint8(128))])
+    else:
+        y = n.op("Cast", [n.op("ConvInteger", [q, w, n.const(np.uint8(0))], pads=[1] * 4)], to=TensorProto.FLOAT)
+    model = n.model(n.conv(n.relu(y), 8, 4))
+    groups = onnxfuse.inspect(model)["groups"]
+    frozen = " ".join(g["frozen"] for g in groups if not g["prunable"])
+    assert integer_op in frozen or "QuantizeLinear" in frozen, frozen
+    assert [g["width"] for g in groups if g["prunable"]] == [8]  # only conv1 → conv2
+    half, report = onnxfuse.compress(model, 0.5, validate=False, quiet=True)
+    onnx.checker.check_model(half, full_check=True)
+    x = n.input(batch=2)
+    assert run(half, x)[0].shape == run(model, x)[0].shape
+    assert report["macs_after"] < report["macs_before"]
 
 
 # --- group normalisation: pruned per group (channel l of every group), the group count stays ---
