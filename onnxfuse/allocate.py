@@ -20,7 +20,8 @@ from .planning import estimated_mac_ratio, keep_count
 from .validate import run, session
 
 LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
-PROBE_SAMPLES = 128
+PROBE_SAMPLES = 128  # at most, held out from the probe's repair
+HELD_OUT_DIVISOR = 4  # a quarter of the calibration samples judge the probes
 
 
 def output_damage(original, compressed, data: Dataset) -> float:
@@ -37,11 +38,23 @@ def probe_damage(ctx, **changes) -> float:
 
     options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
                                   validate=False, **changes)
-    probe = pipeline.Context(options, ctx.model_source, calib=ctx.calib, activity=ctx.activity,
+    fit, held_out = split_calibration(ctx.calib)
+    probe = pipeline.Context(options, ctx.model_source, calib=fit, activity=ctx.activity,
                              activations=ctx.activations, log=lambda msg: None)
     probe = pipeline.run(probe, stop_after="repair")
-    data = Dataset({k: v[:PROBE_SAMPLES] for k, v in ctx.calib.feeds.items()})
-    return output_damage(ctx.model_source, runnable(probe.graph, ctx.original), data)
+    return output_damage(ctx.model_source, runnable(probe.graph, ctx.original), held_out)
+
+
+def split_calibration(calib: Dataset) -> tuple[Dataset, Dataset]:
+    """(samples the probe's repair fits on, samples its damage is measured on): a repair fitted
+    and judged on the same samples looks better the more it overfits, which would favour plans
+    that leave many small refits."""
+    n = len(calib)
+    held = min(max(n // HELD_OUT_DIVISOR, 1), PROBE_SAMPLES) if n > 1 else 0
+    if held == 0:
+        return calib, calib
+    return (Dataset({k: v[:n - held] for k, v in calib.feeds.items()}),
+            Dataset({k: v[n - held:] for k, v in calib.feeds.items()}))
 
 
 def measure_sensitivity(ctx, levels=LEVELS) -> dict[int, dict[float, float]]:

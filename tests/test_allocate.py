@@ -44,3 +44,16 @@ def test_sensitivity_allocation_meets_the_budget_and_is_not_worse_than_uniform(t
     damage = sens["allocation"]["damage"]
     assert sens["allocation"]["chosen"] == min(damage, key=damage.get)
     assert sens["validation"]["accuracy_compressed"] >= uniform["validation"]["accuracy_compressed"] - 0.02
+
+
+def test_probes_judge_the_repair_on_samples_it_did_not_fit():
+    from onnxfuse.allocate import PROBE_SAMPLES, split_calibration
+    from onnxfuse.data import Dataset
+
+    for n in (2, 9, 256, 2000):
+        x = np.arange(n, dtype=np.float32)[:, None]
+        fit, held = split_calibration(Dataset({"x": x}))
+        assert len(fit) + len(held) == n and 1 <= len(held) <= min(PROBE_SAMPLES, n // 2)
+        assert not set(fit.feeds["x"][:, 0]) & set(held.feeds["x"][:, 0])
+    one = Dataset({"x": np.zeros((1, 1), np.float32)})
+    assert split_calibration(one) == (one, one)  # nothing to hold out
