@@ -1,10 +1,11 @@
 """Sensitivity-aware allocation: how much of each group to remove under a MAC budget.
 
 Every prunable group is shrunk alone at a few sparsities with the configured method (fusion,
-repair and all) and the damage is measured on calibration data as the output error relative to
-the output's variance. Then, starting from the dense model, the group step with the least extra
-damage per MAC saved is taken until the estimated MACs meet the budget. Narrow, sensitive groups
-(a stem, say) are left wider because the measurement says so, not because of a rule.
+repair and all, the repair fitted on part of the calibration data) and the damage is measured on
+the held-out rest as the output error relative to the output's variance. Then, starting from the
+dense model, the group step with the least extra damage per MAC saved is taken until the
+estimated MACs meet the budget. Narrow, sensitive groups (a stem, say) are left wider because the
+measurement says so, not because of a rule.
 """
 
 from __future__ import annotations
