@@ -133,17 +133,18 @@ def plot(results: dict, sparsities: list[float], path: Path) -> None:
     print(f"wrote {path}")
 
 
-def parse_args(description: str) -> tuple[str, list[float]]:
-    """--models and --sparsities, shared by the accuracy benchmarks."""
-    parser = argparse.ArgumentParser(description=description)
+def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
+    """Adds --models and --sparsities (parsed to a list of floats), shared by the accuracy benchmarks."""
     parser.add_argument("--models", default="tinyres,resnet18,vgg11bn,mobilenetv2,resnet50s")
     parser.add_argument("--sparsities", default="0.3,0.5,0.7")
     args = parser.parse_args()
-    return args.models, [float(s) for s in args.sparsities.split(",")]
+    args.sparsities = [float(s) for s in args.sparsities.split(",")]
+    return args
 
 
 def main() -> None:
-    models, sparsities = parse_args(__doc__.splitlines()[0])
+    args = parse_args(argparse.ArgumentParser(description=__doc__.splitlines()[0]))
+    models, sparsities = args.models, args.sparsities
     data, data_name = test_data()
     results = merge_results("accuracy", {arch: evaluate_model(path, data, sparsities)
                                          for arch, path in zoo_models(models)})

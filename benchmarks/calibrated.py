@@ -13,7 +13,7 @@ and sensitivity-aware allocation (fuse + lsq) at target MAC fractions 0.5 and 0.
 Calibration: the committed 512 training images (models/data/fmnist_calib512.npz, labels unused).
 Test: the full Fashion-MNIST test split when installed, else the 2 000-image sample.
 
-    python benchmarks/calibrated.py [--models resnet18,vgg11bn] [--sparsities 0.3,0.5,0.7]
+    python benchmarks/calibrated.py [--models resnet18,vgg11bn] [--sparsities 0.3,0.5,0.7] [--allocation-only]
 
 Writes the section "Accuracy with calibration data" of benchmarks/RESULTS.md and
 benchmarks/calibrated.png.
@@ -21,6 +21,7 @@ benchmarks/calibrated.png.
 
 from __future__ import annotations
 
+import argparse
 import sys
 import time
 from pathlib import Path
@@ -85,19 +86,34 @@ def evaluate(path: Path, data, sparsities) -> dict:
                     continue
                 res["onnxsim"][variant, s] = accuracy(pruned, data)
                 print(f"  s={s:.1f} onnxsim {variant:10s} {100 * res['onnxsim'][variant, s]:6.2f}%", flush=True)
-    for target in TARGETS:
-        acc, macs = run_variant(model, data, target_macs=target, allocate="sensitivity", method="fuse", calib=CALIB,
-                                repair="lsq", ot_features="both", normalization="reference")
-        res["allocated"][target] = (acc, macs)
-        print(f"  sensitivity allocation, target MACs {target}: {100 * acc:.2f}% at {macs:.3f}", flush=True)
+    res["allocated"] = allocated(model, data)
     return res
 
 
+def allocated(model, data) -> dict:
+    rows = {}
+    for target in TARGETS:
+        acc, macs = run_variant(model, data, target_macs=target, allocate="sensitivity", method="fuse", calib=CALIB,
+                                repair="lsq", ot_features="both", normalization="reference")
+        rows[target] = (acc, macs)
+        print(f"  sensitivity allocation, target MACs {target}: {100 * acc:.2f}% at {macs:.3f}", flush=True)
+    return rows
+
+
 def main() -> None:
-    models, sparsities = parse_args(__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--allocation-only", action="store_true",
+                        help="measure only the sensitivity allocation again, keep the stored uniform rows")
+    args = parse_args(parser)
+    sparsities = args.sparsities
     data, data_name = test_data()
-    results = merge_results("calibrated", {arch: evaluate(path, data, sparsities)
-                                           for arch, path in zoo_models(models)})
+    if args.allocation_only:
+        stored = merge_results("calibrated", {})
+        fresh = {arch: {**stored[arch], "allocated": allocated(load_model(path), data)}
+                 for arch, path in zoo_models(args.models)}
+    else:
+        fresh = {arch: evaluate(path, data, sparsities) for arch, path in zoo_models(args.models)}
+    results = merge_results("calibrated", fresh)
     write(results, sparsities, data_name)
     plot(results, sparsities, ROOT / "benchmarks" / "calibrated.png")
 
