@@ -26,7 +26,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.results import merge_results, write_section  # noqa: E402
+from benchmarks.results import finish_accuracy_axis, merge_results, save_figure, write_section  # noqa: E402
 from models import fmnist  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
 from onnxfuse.data import Dataset  # noqa: E402
@@ -121,16 +121,8 @@ def plot(results: dict, sparsities: list[float], path: Path) -> None:
             ax = axes[row][col]
             for name in METHODS:
                 ax.plot(sparsities, [100 * res[protocol][name, s] for s in sparsities], marker="o", label=name)
-            ax.axhline(100 * res["dense"], color="grey", linestyle="--", linewidth=1, label="dense")
-            ax.set_title(f"{model}: {title}", fontsize=9)
-            ax.set_xlabel("sparsity")
-            ax.set_ylabel("test accuracy (%)")
-            ax.set_ylim(0, 100)
-            ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+            finish_accuracy_axis(ax, res["dense"], f"{model}: {title}", "sparsity")
+    save_figure(fig, axes, path)
 
 
 def parse_args(parser: argparse.ArgumentParser) -> argparse.Namespace:

@@ -33,7 +33,7 @@ sys.path.insert(0, str(ROOT))
 
 import onnxfuse  # noqa: E402
 from benchmarks.accuracy import accuracy, parse_args, test_data, zoo_models  # noqa: E402
-from benchmarks.results import merge_results, write_section  # noqa: E402
+from benchmarks.results import finish_accuracy_axis, merge_results, save_figure, write_section  # noqa: E402
 from onnxfuse.graphio import load_model  # noqa: E402
 
 CALIB = str(ROOT / "models" / "data" / "fmnist_calib512.npz")
@@ -161,16 +161,8 @@ def plot(results, sparsities, path: Path) -> None:
         alloc = sorted(r["allocated"].values(), key=lambda t: t[1])
         ax.plot([m for _, m in alloc], [100 * a for a, _ in alloc], marker="*", markersize=10, linestyle="--",
                 label="IF + lsq, sensitivity allocation")
-        ax.axhline(100 * r["dense"], color="grey", linestyle="--", linewidth=1, label="dense")
-        ax.set_title(model)
-        ax.set_xlabel("MACs kept (fraction)")
-        ax.set_ylabel("test accuracy (%)")
-        ax.set_ylim(0, 100)
-        ax.grid(alpha=0.3)
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    print(f"wrote {path}")
+        finish_accuracy_axis(ax, r["dense"], model, "MACs kept (fraction)")
+    save_figure(fig, axes, path)
 
 
 if __name__ == "__main__":

@@ -23,6 +23,23 @@ def write_section(title: str, body: str) -> None:
     print(f"wrote section '{title}' of {RESULTS}")
 
 
+def finish_accuracy_axis(ax, dense: float, title: str, xlabel: str) -> None:
+    """The dense line, labels and limits shared by the accuracy plots."""
+    ax.axhline(100 * dense, color="grey", linestyle="--", linewidth=1, label="dense")
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+
+
+def save_figure(fig, axes, path: Path) -> None:
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    print(f"wrote {path}")
+
+
 def merge_results(kind: str, new: dict) -> dict:
     """Store this run's per-model results in benchmarks/<kind>.json next to earlier runs' (a model
     measured again replaces its old entry) and return them all, so a run over some models keeps
