@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 import ot
+from scipy.spatial.distance import cdist
 
 from .channelmap import GroupMap
 from .channels import Group, member_rows
@@ -40,6 +41,7 @@ NORMALIZATIONS = ("reference", "average", "rescale")
 FEATURES = ("weights", "activations", "both")
 SOLVERS = ("emd", "sinkhorn")
 MARGINALS = ("uniform", "importance")
+SMALL_L1 = 3 * 10**7  # pairwise L1 problems below this many operations run in SciPy
 
 
 @dataclass
@@ -129,6 +131,8 @@ def pairwise_cost(x: np.ndarray, y: np.ndarray, p: int) -> np.ndarray:
     if p == 2:
         sq = (x * x).sum(1)[:, None] + (y * y).sum(1)[None, :] - 2 * x @ y.T
         return np.sqrt(np.maximum(sq, 0))
+    if x.shape[0] * y.shape[0] * x.shape[1] < SMALL_L1:  # not worth numba's start-up (~0.5 s)
+        return cdist(x, y, metric="cityblock")
     as32 = (np.ascontiguousarray(a, dtype=np.float32) for a in (x, y))
     return _l1_kernel()(*as32).astype(np.float64)
 

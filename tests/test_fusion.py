@@ -151,3 +151,14 @@ def test_prune_is_fusion_with_a_selection_map(monkeypatch):
     assert fused.SerializeToString() == pruned.SerializeToString()
     sel = GroupMap.selection(5, [0, 3])
     np.testing.assert_array_equal(sel.producer, [[1, 0, 0, 0, 0], [0, 0, 0, 1, 0]])
+
+
+def test_l1_cost_paths_agree():
+    """SciPy computes small L1 cost matrices, a numba kernel the large ones: same distances."""
+    from onnxfuse.fusion import _l1_kernel, pairwise_cost
+
+    x = np.random.default_rng(0).normal(size=(64, 300))
+    small = pairwise_cost(x, x[:32], 1)
+    compiled = _l1_kernel()(x.astype(np.float32), x[:32].astype(np.float32))
+    np.testing.assert_allclose(compiled, small, rtol=1e-5)
+    assert np.allclose(np.diag(small[:32]), 0) and small[40, 3] == pytest.approx(np.abs(x[40] - x[3]).sum())
