@@ -31,6 +31,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 import ot
+from scipy import sparse
 from scipy.spatial.distance import cdist
 
 from .channelmap import GroupMap
@@ -164,5 +165,5 @@ def _norm_restoring_scale(average: np.ndarray, producer_features: np.ndarray) ->
         return np.ones(average.shape[0])
     source_norms = np.linalg.norm(producer_features, axis=1)
     target = average @ source_norms
-    merged = np.linalg.norm(average @ producer_features, axis=1)
+    merged = np.linalg.norm(sparse.csr_matrix(average) @ producer_features, axis=1)  # an OT plan is sparse
     return np.where(merged > 1e-12, target / np.maximum(merged, 1e-12), 1.0)
