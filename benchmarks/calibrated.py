@@ -13,7 +13,8 @@ and sensitivity-aware allocation (fuse + lsq) at target MAC fractions 0.5 and 0.
 Calibration: the committed 512 training images (models/data/fmnist_calib512.npz, labels unused).
 Test: the full Fashion-MNIST test split when installed, else the 2 000-image sample.
 
-    python benchmarks/calibrated.py [--models resnet18,vgg11bn] [--sparsities 0.3,0.5,0.7] [--allocation-only]
+    python benchmarks/calibrated.py [--models resnet18,vgg11bn] [--sparsities 0.3,0.5,0.7]
+                                     [--allocation-only | --tables-only]
 
 Writes the section "Accuracy with calibration data" of benchmarks/RESULTS.md and
 benchmarks/calibrated.png.
@@ -64,7 +65,8 @@ def run_variant(model, data, **options):
     return accuracy(compressed, data), report["macs_after"] / report["macs_before"]
 
 
-def evaluate(path: Path, data, sparsities) -> dict:
+def evaluate(arch: str, path: Path, data, sparsities) -> dict:
+    """Every row of one model; the uniform rows are stored before the (long) allocation runs."""
     model = load_model(path)
     res = {"dense": accuracy(model, data), "uniform": {}, "macs": {}, "allocated": {}, "onnxsim": {}}
     rival = competitor()
@@ -86,7 +88,9 @@ def evaluate(path: Path, data, sparsities) -> dict:
                     continue
                 res["onnxsim"][variant, s] = accuracy(pruned, data)
                 print(f"  s={s:.1f} onnxsim {variant:10s} {100 * res['onnxsim'][variant, s]:6.2f}%", flush=True)
+    merge_results("calibrated", {arch: res})
     res["allocated"] = allocated(model, data)
+    merge_results("calibrated", {arch: res})
     return res
 
 
@@ -104,15 +108,21 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--allocation-only", action="store_true",
                         help="measure only the sensitivity allocation again, keep the stored uniform rows")
+    parser.add_argument("--tables-only", action="store_true",
+                        help="measure nothing: rewrite the section and the plot from benchmarks/calibrated.json")
     args = parse_args(parser)
     sparsities = args.sparsities
     data, data_name = test_data()
-    if args.allocation_only:
+    if args.tables_only:
+        fresh = {}
+    elif args.allocation_only:
         stored = merge_results("calibrated", {})
-        fresh = {arch: {**stored[arch], "allocated": allocated(load_model(path), data)}
-                 for arch, path in zoo_models(args.models)}
+        fresh = {}
+        for arch, path in zoo_models(args.models):
+            fresh[arch] = {**stored[arch], "allocated": allocated(load_model(path), data)}
+            merge_results("calibrated", {arch: fresh[arch]})
     else:
-        fresh = {arch: evaluate(path, data, sparsities) for arch, path in zoo_models(args.models)}
+        fresh = {arch: evaluate(arch, path, data, sparsities) for arch, path in zoo_models(args.models)}
     results = merge_results("calibrated", fresh)
     write(results, sparsities, data_name)
     plot(results, sparsities, ROOT / "benchmarks" / "calibrated.png")
