@@ -51,9 +51,9 @@ def split_calibration(calib: Dataset) -> tuple[Dataset, Dataset]:
     and judged on the same samples looks better the more it overfits, which would favour plans
     that leave many small refits."""
     n = len(calib)
-    held = min(max(n // HELD_OUT_DIVISOR, 1), PROBE_SAMPLES) if n > 1 else 0
-    if held == 0:
-        return calib, calib
+    if n < 2:
+        return calib, calib  # nothing to hold out
+    held = min(max(n // HELD_OUT_DIVISOR, 1), PROBE_SAMPLES)
     return (Dataset({k: v[:n - held] for k, v in calib.feeds.items()}),
             Dataset({k: v[n - held:] for k, v in calib.feeds.items()}))
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 import sys
-import tempfile
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ from onnx import helper
 
 from . import images
 from .errors import OnnxfuseError
-from .graphio import check_output_path
+from .graphio import atomic_file, check_output_path
 
 
 @dataclass
@@ -138,15 +137,8 @@ def save_npz(data: Dataset, path: str | os.PathLike, sources: tuple = (), labels
     arrays = dict(data.feeds)
     if data.labels is not None:
         arrays[labels_key] = data.labels
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:  # a file object: numpy appends no ".npz" to the name
-            np.savez(f, **arrays)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path) as f:  # a file object: numpy appends no ".npz" to the name
+        np.savez(f, **arrays)
 
 
 def _stderr(msg: str) -> None:

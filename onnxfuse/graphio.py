@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -122,6 +123,21 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str 
         raise
 
 
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb"):
+    """A file to write `path` through: a temporary file in the same folder, renamed to `path` when
+    the block ends, removed if it raises."""
+    tmp = _temp_file(Path(path))
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
 def _temp_file(path: Path) -> str:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
@@ -147,7 +163,7 @@ def _has_external_data(path: str | os.PathLike) -> bool:
         model = onnx.load(str(path), load_external_data=False)
     except Exception:  # not a readable model (the input may be a ModelProto's stand-in): write inline
         return False
-    return any(t.data_location == onnx.TensorProto.EXTERNAL for t in model.graph.initializer)
+    return has_external_data(model)
 
 
 def check_output_path(path: Path, input_path: str | os.PathLike | None) -> None:

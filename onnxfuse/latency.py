@@ -9,6 +9,7 @@ so that load on the machine falls on both alike; the speed-up is the ratio of th
 from __future__ import annotations
 
 import dataclasses
+import functools
 import os
 import time
 from pathlib import Path
@@ -21,11 +22,12 @@ from .capture import progress
 from .data import input_specs, random_inputs
 from .errors import OnnxfuseError
 from .planning import estimated_mac_ratio, keep_count, node_factors, node_spaces
-from .validate import session
+from .validate import check_same_inputs, session
 
 GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
 
 
+@functools.cache
 def cpu_channel_block() -> int:
     """Channels per block of ONNX Runtime's NCHWc convolutions on this x86 CPU (MLAS: 16 with
     AVX-512, 8 with AVX2); 1 where they are not used."""
@@ -93,9 +95,7 @@ def compare_speed(original: onnx.ModelProto, compressed: onnx.ModelProto, *, bat
     """Latency of both models per batch size and the speed-up (original / compressed)."""
     if runs < 1 or warmup < 0 or not batch_sizes or min(batch_sizes) < 1:
         raise OnnxfuseError("runs and batch sizes must be positive, warm-up not negative")
-    inputs = [[(s.name, s.dtype) for s in input_specs(m)] for m in (original, compressed)]
-    if inputs[0] != inputs[1]:
-        raise OnnxfuseError(f"the models have different inputs: {inputs[0]} vs {inputs[1]}")
+    check_same_inputs(original, compressed)
     threads = threads or default_threads()
     sessions = [session(original, device, threads=threads), session(compressed, device, threads=threads)]
     rows = []

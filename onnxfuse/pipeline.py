@@ -85,17 +85,15 @@ class Options:
             raise OnnxfuseError(f"max-sparsity must be in (0, 1], got {self.max_sparsity}")
         if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:
             raise OnnxfuseError(f"target-macs must be in (0, 1], got {self.target_macs}")
-        if self.round_to != "auto" and (isinstance(self.round_to, bool) or not isinstance(self.round_to, int)
-                                        or self.round_to < 1):
+        if self.round_to != "auto" and not _positive_int(self.round_to):
             raise OnnxfuseError(f"round-to must be a positive integer or auto, got {self.round_to}")
         if self.target_latency is not None and not 0.0 < self.target_latency <= 1.0:
             raise OnnxfuseError(f"target-latency must be in (0, 1], got {self.target_latency}")
         if self.target_latency is not None and (self.target_macs is not None or self.allocate != "uniform"):
             raise OnnxfuseError("target-latency cannot be combined with target-macs or allocate sensitivity")
-        if isinstance(self.latency_batch, bool) or not isinstance(self.latency_batch, int) or self.latency_batch < 1:
-            raise OnnxfuseError(f"latency-batch must be a positive integer, got {self.latency_batch}")
-        if isinstance(self.calib_samples, bool) or not isinstance(self.calib_samples, int) or self.calib_samples < 1:
-            raise OnnxfuseError(f"calib-samples must be a positive integer, got {self.calib_samples}")
+        for name, value in (("latency-batch", self.latency_batch), ("calib-samples", self.calib_samples)):
+            if not _positive_int(value):
+                raise OnnxfuseError(f"{name} must be a positive integer, got {value}")
         self.preprocess.check()
         self.fusion.check()
         if self.allocate not in ALLOCATIONS:
@@ -145,6 +143,10 @@ class Context:
         """The original as ONNX Runtime or another pipeline run reads it: its file when the
         weights stayed there, else the proto."""
         return self.source if self.weights_dir else self.original
+
+
+def _positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
 def auto_round_to(options: Options) -> int:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
+
+from .graphio import atomic_file
 
 
 def report_paths(path: str | os.PathLike) -> tuple[Path, Path]:
@@ -15,17 +16,8 @@ def report_paths(path: str | os.PathLike) -> tuple[Path, Path]:
 
 
 def write_text(path: str | os.PathLike, text: str) -> None:
-    """Atomic: a temporary file in the same folder, then a rename."""
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_file(path, "w") as f:
+        f.write(text)
 
 
 def write_report(report: dict, path: str | os.PathLike) -> None:

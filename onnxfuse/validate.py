@@ -77,15 +77,18 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = 64) -> int:
     return wanted
 
 
+def check_same_inputs(a: onnx.ModelProto, b: onnx.ModelProto) -> None:
+    inputs_a, inputs_b = ([(s.name, s.dtype) for s in input_specs(m)] for m in (a, b))
+    if inputs_a != inputs_b:
+        raise OnnxfuseError(f"the models have different inputs: {inputs_a} vs {inputs_b}")
+
+
 def compare(original: onnx.ModelProto, compressed: onnx.ModelProto, data: Dataset,
             device: str = "auto", original_path: str | None = None) -> dict:
     """Agreement, output error and (with labels) accuracy of both models on `data`. With
     `original_path` (the file `original` was read from) ONNX Runtime reads the original from disk,
     external data included, instead of a serialised copy."""
-    inputs_a = [(s.name, s.dtype) for s in input_specs(original)]
-    inputs_b = [(s.name, s.dtype) for s in input_specs(compressed)]
-    if inputs_a != inputs_b:
-        raise OnnxfuseError(f"the models have different inputs: {inputs_a} vs {inputs_b}")
+    check_same_inputs(original, compressed)
     batch = batch_size_for(original)
     if len(data) % batch and batch != 64:
         keep = len(data) - len(data) % batch
