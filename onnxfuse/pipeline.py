@@ -19,7 +19,7 @@ from .channelmap import GroupMap, SpaceMaps
 from .channels import Analysis
 from .data import Dataset
 from .errors import OnnxfuseError
-from .fusion import FusionOptions
+from .fusion import FusionOptions, warm_up_l1_kernel
 from .images import Preprocess
 from .latency import cpu_channel_block
 from .validate import resolved_device
@@ -174,6 +174,8 @@ def run(ctx: Context, stop_after: str | None = None) -> Context:
         start = time.perf_counter()
         ctx = p.run(ctx)
         timings[p.name] = round(time.perf_counter() - start, 4)
+        if p.name == "load" and ctx.options.method == "fuse":
+            warm_up_l1_kernel(ctx.original, ctx.options.fusion)
         if p.name == stop_after:
             break
     return ctx

@@ -113,6 +113,30 @@ def test_plan_marginals(solver, marginals):
     assert (plan >= 0).all()
 
 
+@pytest.mark.parametrize("marginals", ["uniform", "importance"])
+@pytest.mark.parametrize("p", [1, 2])
+@pytest.mark.parametrize("width, keep", [(24, 9), (30, 15), (17, 16), (40, 4)])
+def test_exact_plan_on_dropped_channels_equals_full_emd(width, keep, p, marginals):
+    """The EMD is solved on the dropped channels only (kept channels stay with themselves); its
+    plan must be the one POT finds on the whole n × m problem."""
+    import ot
+
+    from onnxfuse.fusion import _unit_rows, pairwise_cost
+
+    rng = np.random.default_rng(width + keep + p)
+    features = rng.standard_normal((width, 50))
+    scores = rng.uniform(0.5, 2.0, width)
+    kept = np.sort(rng.choice(width, keep, replace=False))
+    plan = transport_plan(features, kept, scores, FusionOptions(marginals=marginals, p=p))
+    unit = _unit_rows(features.astype(np.float32))
+    cost = pairwise_cost(unit, unit[kept], p)
+    a = np.full(width, 1 / width) if marginals == "uniform" else scores / scores.sum()
+    b = np.full(keep, 1 / keep) if marginals == "uniform" else scores[kept] / scores[kept].sum()
+    full = ot.emd(a, b, cost, numItermax=10**7)
+    assert (plan * cost).sum() == pytest.approx((full * cost).sum(), rel=1e-9, abs=1e-12)
+    np.testing.assert_allclose(plan, full, atol=1e-9)
+
+
 def _small_group():
     n = Net()
     y = n.relu(n.conv("x", 3, 12))
