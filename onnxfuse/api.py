@@ -1,4 +1,4 @@
-"""Public API: compress, inspect, validate, bench, sweep, make_calibration."""
+"""Public API: compress, inspect, validate, bench, sweep, make_calibration, make_synthetic_calibration."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 
-from . import pipeline
+from . import pipeline, synthetic
 from .channels import Analysis
 from .data import Dataset, has_dynamic_dims, load_calibration, load_npz, parse_input_shapes, random_inputs, save_npz
 from .errors import OnnxfuseError
@@ -119,6 +119,23 @@ def make_calibration(images: str | os.PathLike, model: ModelLike, output: str | 
     for source in sources if output is not None else ():  # fail before reading any image
         check_output_path(Path(output), source)
     data = load_calibration(folder, _load(model), samples, seed, preprocess, log=log)
+    if output is not None:
+        save_npz(data, output, sources)
+    return data
+
+
+def make_synthetic_calibration(model: ModelLike, output: str | os.PathLike | None = None, *, samples: int = 256,
+                               seed: int = 0, log=None) -> Dataset:
+    """Data-free calibration data for `model`'s one image input: synthetic images from the generator that
+    best reproduces the model's BatchNormalization statistics (onnxfuse/synthetic.py); written atomically
+    as an .npz keyed by the input name when `output` is given. `log` receives a line saying which generator."""
+    sources = (model,) if isinstance(model, (str, os.PathLike)) else ()
+    for source in sources if output is not None else ():
+        check_output_path(Path(output), source)
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise OnnxfuseError(f"calib-samples must be a positive integer, got {samples}")
+    data, summary = synthetic.synthesize(_load(model), samples, seed)
+    (log or (lambda line: None))(summary)
     if output is not None:
         save_npz(data, output, sources)
     return data

@@ -39,10 +39,12 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
 
 
 def channel_stats(model: onnx.ModelProto, data: Dataset, tensors: dict[str, int], batch_size: int = 64,
-                  device: str = "cpu", label: str = "capture") -> dict[str, ChannelStats]:
-    """Mean and variance of every channel of each tensor (name → channel axis) over all other axes."""
+                  device: str = "cpu", label: str | None = "capture", sess=None) -> dict[str, ChannelStats]:
+    """Mean and variance of every channel of each tensor (name → channel axis) over all other axes.
+    `sess`: a session of `model` that outputs the tensors already (when called many times);
+    `label` None: no progress bar."""
     names = list(tensors)
-    sess = session(with_outputs(model, names), device, fuse_nodes=False)
+    sess = sess or session(with_outputs(model, names), device, fuse_nodes=False)
     acc = {name: [0, 0.0, 0.0, 0.0] for name in names}
     batches = list(range(0, len(data), batch_size))
     for step, feeds in enumerate(data.batches(batch_size)):
@@ -54,7 +56,8 @@ def channel_stats(model: onnx.ModelProto, data: Dataset, tensors: dict[str, int]
             a[1] = a[1] + moved.sum(1)
             a[2] = a[2] + (moved * moved).sum(1)
             a[3] = a[3] + np.abs(moved).sum(1)
-        progress(label, step + 1, len(batches))
+        if label:
+            progress(label, step + 1, len(batches))
     stats = {}
     for name, (count, total, squares, absolute) in acc.items():
         mean = total / count

@@ -1,4 +1,4 @@
-"""Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make."""
+"""Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make | calib synth."""
 
 from __future__ import annotations
 
@@ -112,13 +112,20 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument("--labels", default="labels")
 
     k = sub.add_parser("calib", help="calibration data tools")
-    ksub = k.add_subparsers(dest="calib_command", metavar="{make}", required=True, parser_class=_Parser)
+    ksub = k.add_subparsers(dest="calib_command", metavar="{make,synth}", required=True, parser_class=_Parser)
     m = ksub.add_parser("make", help="build a calibration .npz from a folder of images")
     m.add_argument("images", metavar="IMAGES_DIR")
     m.add_argument("-o", "--output", required=True)
     m.add_argument("--model", required=True, help="the model the data is for (input name, shape, dtype)")
     m.add_argument("--seed", type=int, default=0)
     _add_calib_options(m)
+    y = ksub.add_parser("synth", help="data-free: synthetic images matched to the model's BatchNormalization "
+                        "statistics, as a calibration .npz")
+    y.add_argument("model", metavar="MODEL", help="an image model with BatchNormalization nodes (not folded)")
+    y.add_argument("-o", "--output", required=True)
+    y.add_argument("--calib-samples", type=_positive_int, default=256, metavar="N",
+                   help="number of synthetic samples (default 256)")
+    y.add_argument("--seed", type=int, default=0)
     return parser
 
 
@@ -295,9 +302,13 @@ def _stderr(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def _calib(args) -> int:  # calib make
-    data = api.make_calibration(args.images, args.model, args.output, samples=args.calib_samples, seed=args.seed,
-                                preprocess=_preprocess(args))
+def _calib(args) -> int:  # calib make | synth
+    if args.calib_command == "synth":
+        data = api.make_synthetic_calibration(args.model, args.output, samples=args.calib_samples, seed=args.seed,
+                                              log=_stderr)
+    else:
+        data = api.make_calibration(args.images, args.model, args.output, samples=args.calib_samples,
+                                    seed=args.seed, preprocess=_preprocess(args))
     (name, array), = data.feeds.items()
     print(f"wrote {args.output}: {len(array)} samples, {name!r} {array.dtype} {tuple(array.shape)}", file=sys.stderr)
     return 0
