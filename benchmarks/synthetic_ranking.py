@@ -60,6 +60,7 @@ def plot(results: dict, sparsity: float) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     fig, axes = plt.subplots(1, len(results), figsize=(3.2 * len(results), 3), squeeze=False)
     for ax, (arch, points) in zip(axes[0], results.items()):
@@ -67,6 +68,7 @@ def plot(results: dict, sparsity: float) -> None:
         ax.scatter(score, 100 * acc, s=14)
         ax.scatter(score[np.argmin(score)], 100 * acc[np.argmin(score)], s=40, color="red", label="picked")
         ax.set_xscale("log")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.set_title(f"{arch}, sparsity {sparsity}", fontsize=9)
         ax.set_xlabel("BN-statistics mismatch")
         ax.set_ylabel("test accuracy after stats repair (%)")
