@@ -11,7 +11,16 @@ import onnx
 
 from . import pipeline, synthetic
 from .channels import Analysis
-from .data import Dataset, has_dynamic_dims, load_calibration, load_npz, parse_input_shapes, random_inputs, save_npz
+from .data import (
+    Dataset,
+    check_samples,
+    has_dynamic_dims,
+    load_calibration,
+    load_npz,
+    parse_input_shapes,
+    random_inputs,
+    save_npz,
+)
 from .errors import OnnxfuseError
 from .graphio import check_model, check_output_path, load_model
 from .images import Preprocess
@@ -132,8 +141,7 @@ def make_synthetic_calibration(model: ModelLike, output: str | os.PathLike | Non
     sources = (model,) if isinstance(model, (str, os.PathLike)) else ()
     for source in sources if output is not None else ():
         check_output_path(Path(output), source)
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise OnnxfuseError(f"calib-samples must be a positive integer, got {samples}")
+    check_samples(samples)
     data, summary = synthetic.synthesize(_load(model), samples, seed)
     (log or (lambda line: None))(summary)
     if output is not None:

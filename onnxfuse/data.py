@@ -90,8 +90,7 @@ def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, samples: i
     """Calibration data from an `.npz` file or a folder of images: at most `samples` samples, drawn
     with `seed` without replacement when the source has more (kept in source order)."""
     path, log = Path(path), log or _stderr
-    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
-        raise OnnxfuseError(f"calib-samples must be a positive integer, got {samples}")
+    check_samples(samples)
     if path.is_dir():
         return load_image_folder(path, model, samples, seed, preprocess, log)
     if preprocess is not None and not preprocess.is_default:
@@ -101,6 +100,11 @@ def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, samples: i
     if len(keep) == len(data):
         return data
     return Dataset({k: v[keep] for k, v in data.feeds.items()}, None if data.labels is None else data.labels[keep])
+
+
+def check_samples(samples) -> None:
+    if isinstance(samples, bool) or not isinstance(samples, int) or samples < 1:
+        raise OnnxfuseError(f"calib-samples must be a positive integer, got {samples}")
 
 
 def load_image_folder(folder: Path, model: onnx.ModelProto, samples: int = 256, seed: int = 0,

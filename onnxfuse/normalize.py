@@ -315,7 +315,7 @@ def constant_nodes_to_initializers(graph: gs.Graph) -> list[str]:
     for node in graph.nodes:
         if node.op != "Constant" or not is_onnx_domain(node):
             continue
-        value = _constant_value(node)
+        value = constant_node_value(node)
         if value is None:
             continue
         out = node.outputs[0]
@@ -325,7 +325,7 @@ def constant_nodes_to_initializers(graph: gs.Graph) -> list[str]:
     return [f"{count} Constant nodes turned into initializers"] if count else []
 
 
-def _constant_value(node: gs.Node):
+def constant_node_value(node: gs.Node):
     attrs = node.attrs
     if "value" in attrs:
         value = attrs["value"]

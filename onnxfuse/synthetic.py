@@ -22,6 +22,7 @@ import onnx_graphsurgeon as gs
 from .capture import channel_stats, progress, with_outputs
 from .data import Dataset, input_specs
 from .errors import OnnxfuseError
+from .normalize import constant_node_value
 from .validate import session
 
 VALUE_RANGES = ((0.0, 1.0), (-1.0, 1.0), (-2.5, 2.5), (0.0, 255.0))
@@ -69,7 +70,7 @@ GENERATORS = tuple(Generator(density, centred, low, high) for (low, high), densi
                    in itertools.product(VALUE_RANGES, (0.3, 0.6, 1.0), (False, True)))
 
 
-def synthesize(model: onnx.ModelProto, samples: int = 256, seed: int = 0, log=None) -> tuple[Dataset, str]:
+def synthesize(model: onnx.ModelProto, samples: int = 256, seed: int = 0) -> tuple[Dataset, str]:
     """`samples` synthetic inputs for `model`'s one image input, from the generator whose images
     best reproduce the model's BatchNormalization statistics; with a line saying which and how well."""
     name, shape = _image_input(model)
@@ -121,9 +122,7 @@ def _constant(tensor: gs.Tensor) -> np.ndarray | None:
     if isinstance(tensor, gs.Constant):
         return np.asarray(tensor.values)
     producer = tensor.inputs[0] if len(tensor.inputs) == 1 else None
-    if producer is not None and producer.op == "Constant" and isinstance(producer.attrs.get("value"), gs.Constant):
-        return np.asarray(producer.attrs["value"].values)
-    return None
+    return constant_node_value(producer) if producer is not None and producer.op == "Constant" else None
 
 
 def mismatch(model: onnx.ModelProto, data: Dataset, stats: dict[str, tuple[np.ndarray, np.ndarray]],
