@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.results import finish_accuracy_axis, merge_results, save_figure, write_section  # noqa: E402
 from models import fmnist  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
-from onnxfuse.data import Dataset  # noqa: E402
-from onnxfuse.fusion import FusionOptions  # noqa: E402
-from onnxfuse.graphio import load_model  # noqa: E402
-from onnxfuse.validate import run, session  # noqa: E402
+from onnxfuse.calibration.data import Dataset
+from onnxfuse.graph.io import load_model
+from onnxfuse.methods.intra_fusion import FusionOptions
+from onnxfuse.runtime.sessions import run, session
 
 METHODS = {
     "Default (prune)": dict(method="prune"),
@@ -70,13 +70,13 @@ def accuracy(model, data: Dataset) -> float:
 
 def compress(model, sparsity: float, only_groups=None, **method) -> object:
     options = pipeline.Options(sparsity=sparsity, validate=False, only_groups=only_groups, **method)
-    return pipeline.run(pipeline.Context(options, model)).result
+    return pipeline.run(pipeline.Context.for_model(options, model)).model.result
 
 
 def last_prunable_groups(model, count: int = 3) -> list[int]:
-    ctx = pipeline.run(pipeline.Context(pipeline.Options(), model), stop_after="analyze")
-    order = {n.name: i for i, n in enumerate(ctx.graph.nodes)}
-    groups = ctx.analysis.prunable
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(), model), stop_after="analyze")
+    order = {n.name: i for i, n in enumerate(ctx.model.graph.nodes)}
+    groups = ctx.model.analysis.prunable
     last = sorted(groups, key=lambda g: max(order[n] for n in g.nodes("producer")))[-count:]
     return [g.id for g in last]
 

@@ -35,15 +35,15 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-import onnxfuse.passes.fuse  # noqa: E402
+import onnxfuse.methods.intra_fusion  # noqa: E402
 
 from benchmarks.accuracy import accuracy, parse_args, test_data, zoo_models  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
 from onnxfuse.api import make_synthetic_calibration  # noqa: E402
-from onnxfuse.channelmap import GroupMap  # noqa: E402
-from onnxfuse.fusion import fusion_map, member_features  # noqa: E402
-from onnxfuse.graphio import load_model  # noqa: E402
+from onnxfuse.graph.io import load_model
+from onnxfuse.methods.channelmap import GroupMap
+from onnxfuse.methods.intra_fusion import fusion_map, member_features
 
 
 def merging_map(group, tensors, kept, scores, options, activations=None) -> GroupMap:
@@ -85,8 +85,8 @@ def evaluate(model, data, sparsities, noise_npz: str, synth_npz: str) -> dict:
         cells = []
         for s in sparsities:
             options = pipeline.Options(sparsity=s, method="fuse", validate=False, **extra)
-            with mock.patch.object(onnxfuse.passes.fuse, "fusion_map", map_fn or fusion_map):
-                cells.append(accuracy(pipeline.run(pipeline.Context(options, model)).result, data))
+            with mock.patch.object(onnxfuse.methods.intra_fusion, "fusion_map", map_fn or fusion_map):
+                cells.append(accuracy(pipeline.run(pipeline.Context.for_model(options, model)).model.result, data))
         rows[name] = cells
         print(f"  {name:36s} " + "  ".join(f"{100 * c:5.1f}" for c in cells), flush=True)
     return rows
@@ -102,7 +102,7 @@ def main() -> None:
         np.savez(noise_npz, input=block_noise(256))
         for arch, path in zoo_models(args.models):
             synth_npz = str(Path(tmp) / f"{arch}_synthetic.npz")
-            make_synthetic_calibration(str(path).replace("_folded", "_bn"), synth_npz, log=print)
+            make_synthetic_calibration(str(path).replace("_folded", "_bn"), synth_npz)
             for name, cells in evaluate(load_model(path), data, args.sparsities, noise_npz, synth_npz).items():
                 lines.append(f"| {arch} | {name} | " + " | ".join(f"{100 * c:.1f}" for c in cells) + " |")
     body = ["Produced by `python benchmarks/datafree_alternatives.py`: every prunable group at the same",

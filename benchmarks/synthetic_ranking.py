@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.accuracy import accuracy, test_data, zoo_models  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
-from onnxfuse.capture import progress  # noqa: E402
-from onnxfuse.data import Dataset, input_specs  # noqa: E402
-from onnxfuse.graphio import load_model  # noqa: E402
-from onnxfuse.synthetic import GENERATORS, PROBE_SAMPLES, bn_statistics, mismatch  # noqa: E402
+from onnxfuse.calibration.data import Dataset, input_specs
+from onnxfuse.calibration.synthetic import GENERATORS, PROBE_SAMPLES, bn_statistics, mismatch
+from onnxfuse.graph.io import load_model
+from onnxfuse.log import progress
 
 PLOT = ROOT / "benchmarks" / "synthetic_ranking.png"
 
@@ -40,13 +40,12 @@ def measure(arch: str, folded: Path, sparsity: float, data: Dataset, tmp: Path) 
     name, shape = input_specs(with_bn)[0].name, tuple(input_specs(with_bn)[0].shape[1:])
     stats, model = bn_statistics(with_bn), load_model(folded)
     points = []
-    for i, generator in enumerate(GENERATORS):
+    for generator in progress(GENERATORS, desc=arch):
         score = mismatch(with_bn, Dataset({name: generator.sample(PROBE_SAMPLES, shape, 1)}), stats)
         np.savez(tmp / "synthetic.npz", **{name: generator.sample(256, shape, 0)})
         options = pipeline.Options(sparsity=sparsity, method="fuse", validate=False, calib=str(tmp / "synthetic.npz"),
                                    repair="stats")
-        points.append((score, accuracy(pipeline.run(pipeline.Context(options, model)).result, data)))
-        progress(arch, i + 1, len(GENERATORS))
+        points.append((score, accuracy(pipeline.run(pipeline.Context.for_model(options, model)).model.result, data)))
     return points
 
 

@@ -5,7 +5,7 @@ from collections import Counter
 
 import numpy as np
 import onnx
-from onnx import numpy_helper, shape_inference
+from onnx import shape_inference
 
 
 def count_params(model: onnx.ModelProto) -> int:

@@ -94,6 +94,7 @@ def export_onnx(model: nn.Module, arch: str, out_dir: Path = MODELS_DIR,
                 check_images: np.ndarray | None = None, log=print) -> dict:
     """Export folded + bn ONNX files and verify them against torch (<= 1e-4)."""
     import onnx
+
     from .onnx_utils import bn_nodes_inference_mode, op_counts, ort_logits, ort_session
 
     model = model.to(memory_format=torch.contiguous_format).eval()

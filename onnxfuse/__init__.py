@@ -1,7 +1,21 @@
 """onnxfuse: shrink exported ONNX networks by merging (Intra-Fusion) or pruning coupled channels."""
 
-from .api import bench, compress, inspect, sweep, validate
-from .errors import OnnxfuseError
+from importlib.metadata import PackageNotFoundError, version
 
-__all__ = ["OnnxfuseError", "bench", "compress", "inspect", "sweep", "validate"]
-__version__ = "0.1.0"
+from .analysis.rules import register_op_rule
+from .api import bench, compress, inspect, make_calibration, make_synthetic_calibration, sweep, validate
+from .errors import OnnxfuseError
+from .methods import register_method
+from .methods.importance import register_importance
+from .pipeline import register_pass
+from .repair import register_repair
+from .training import register_training_method
+
+try:
+    __version__ = version("onnxfuse")
+except PackageNotFoundError:  # run from a source tree that was never installed
+    __version__ = "0.1.0"
+
+__all__ = ["OnnxfuseError", "__version__", "bench", "compress", "inspect", "make_calibration",
+           "make_synthetic_calibration", "register_importance", "register_method", "register_op_rule",
+           "register_pass", "register_repair", "register_training_method", "sweep", "validate"]

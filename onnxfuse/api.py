@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import onnx
 
-from . import pipeline, synthetic
-from .channels import Analysis
-from .data import (
+from . import log, pipeline
+from .calibration import synthetic
+from .calibration.data import (
     Dataset,
     check_samples,
     has_dynamic_dims,
@@ -21,14 +21,18 @@ from .data import (
     random_inputs,
     save_npz,
 )
+from .calibration.images import Preprocess
 from .errors import OnnxfuseError
-from .graphio import check_model, check_output_path, load_model
-from .images import Preprocess
-from .latency import compare_speed, cpu_channel_block
-from .metrics import count_macs, count_params
-from .normalize import import_graph, infer_shapes, with_input_shapes
-from .reports import write_report
-from .validate import compare
+from .graph.convert import import_graph
+from .graph.io import check_model, check_output_path, load_model
+from .graph.metrics import count_macs, count_params
+from .graph.shapes import infer_shapes, with_input_shapes
+from .methods import METHODS
+from .reporting.report import write_report, write_text
+from .reporting.summary import group_rows, summary
+from .reporting.sweep import check_out_dir, plot, sweep_row, table
+from .runtime.compare import compare
+from .runtime.timing import compare_speed
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -44,32 +48,29 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     at most `calib_samples` of it, drawn with `seed`), data, labels_key, repair, validate, device,
     seed, and for fusion normalization, ot_p, ot_solver, ot_reg, ot_marginals, ot_features."""
     options = pipeline.Options.from_flat(sparsity=sparsity, **options)
-    ctx = pipeline.Context(options=options, source=_source(model))
-    if quiet:
-        ctx.log = lambda msg: None
-    ctx = pipeline.run(ctx)
-    report = _compress_report(ctx)
-    if report_path:
-        write_report(report, report_path)
-    ctx.log(summary(report))
-    return ctx.result, report
+    with log.quiet(quiet):
+        ctx = pipeline.run(pipeline.Context.for_model(options, source_of(model)))
+        report = _compress_report(ctx)
+        if report_path:
+            write_report(report, report_path)
+        log.info(summary(report))
+    return ctx.model.result, report
 
 
 def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,
             input_shape: tuple[str, ...] | list[str] = ()) -> dict:
     """The channel groups of a model: width, producers, consumers, MAC share, prunable or why not."""
     options = pipeline.Options(ignore=tuple(ignore), fold_bn=fold_bn, input_shape=tuple(input_shape))
-    ctx = pipeline.run(pipeline.Context(options=options, source=_source(model)), stop_after="analyze")
-    macs = ctx.report["macs_before"]
+    ctx = pipeline.run(pipeline.Context.for_model(options, source_of(model)), stop_after="analyze")
+    macs, analysis = ctx.report["macs_before"], ctx.model.analysis
     return {"params": ctx.report["params_before"], "macs": macs, "normalize": ctx.report["normalize"],
-            "prunable_mac_share": round(ctx.analysis.prunable_mac_share(), 4),
-            "groups": group_rows(ctx.analysis, macs)}
+            "prunable_mac_share": round(analysis.prunable_mac_share(), 4), "groups": group_rows(analysis, macs)}
 
 
 def validate(original: ModelLike, compressed: ModelLike, *, data: str | None = None, labels_key: str = "labels",
              device: str = "auto", seed: int = 0, input_shape: tuple[str, ...] | list[str] = ()) -> dict:
     """Run both models in ONNX Runtime on the same inputs; agreement, errors, accuracy, params, MACs."""
-    a, b = _load(original), _load(compressed)
+    a, b = load(original), load(compressed)
     shapes = parse_input_shapes(list(input_shape), a)
     dataset = load_npz(data, a, labels_key) if data else random_inputs(a, seed=seed, shapes=shapes)
     report = compare(a, b, dataset, device)
@@ -84,13 +85,14 @@ def validate(original: ModelLike, compressed: ModelLike, *, data: str | None = N
 
 def bench(original: ModelLike, compressed: ModelLike, *, batch_sizes: tuple[int, ...] | list[int] = (1, 32),
           runs: int = 50, warmup: int = 5, device: str = "auto", threads: int | None = None, seed: int = 0,
-          input_shape: tuple[str, ...] | list[str] = (), log=None) -> dict:
+          input_shape: tuple[str, ...] | list[str] = (), quiet: bool = False) -> dict:
     """Latency (median, IQR, p10–p90) and throughput of both models per batch size, timed interleaved
     under the same session options, with the speed-up next to the ideal one from the MAC ratio."""
-    a, b = _load(original), _load(compressed)
+    a, b = load(original), load(compressed)
     shapes = parse_input_shapes(list(input_shape), a)
-    report = compare_speed(a, b, batch_sizes=tuple(batch_sizes), runs=runs, warmup=warmup, device=device,
-                           threads=threads, seed=seed, shapes=shapes, log=log)
+    with log.quiet(quiet):
+        report = compare_speed(a, b, batch_sizes=tuple(batch_sizes), runs=runs, warmup=warmup, device=device,
+                               threads=threads, seed=seed, shapes=shapes)
     (_, before), (_, after) = _counts(a, shapes), _counts(b, shapes)
     report.update(macs_before=before, macs_after=after)
     if before and after:
@@ -99,13 +101,91 @@ def bench(original: ModelLike, compressed: ModelLike, *, batch_sizes: tuple[int,
 
 
 def sweep(model: ModelLike, out_dir: str | os.PathLike, sparsities=(0.1, 0.3, 0.5, 0.7), methods=("prune", "fuse"),
-          *, batch: int = 32, runs: int = 30, threads: int | None = None, log=None, **options) -> dict:
+          *, batch: int = 32, runs: int = 30, threads: int | None = None, quiet: bool = False, **options) -> dict:
     """Compress at each sparsity with each method (compress options as keywords), validate and time
-    each result; writes sweep.md, sweep.json and (with matplotlib) sweep.png into `out_dir`."""
-    from .sweep import run_sweep
+    each result; writes sweep.md, sweep.json and (with matplotlib) sweep.png into `out_dir` once
+    everything has been measured."""
+    out_dir, sparsities, methods = Path(out_dir), tuple(sparsities), tuple(methods)
+    check_out_dir(out_dir)
+    if not sparsities or not all(0 <= s < 1 for s in sparsities):
+        raise OnnxfuseError(f"sparsities must be in [0, 1), got {list(sparsities)}")
+    if not methods:
+        raise OnnxfuseError(f"no method to sweep; choose from {', '.join(METHODS.names())}")
+    original = load(model)
+    _check_sweep_inputs(original, methods, options)
+    rows, total = [], len(methods) * len(sparsities)
+    with log.quiet(quiet):
+        for method in methods:
+            for s in sparsities:
+                log.info(f"sweep {len(rows) + 1}/{total}: {method} at sparsity {s}: compressing")
+                compressed, report = compress(original, s, method=method, quiet=True, **options)
+                log.info(f"sweep {len(rows) + 1}/{total}: {method} at sparsity {s}: timing at batch {batch}")
+                with log.quiet():
+                    speed = compare_speed(original, compressed, batch_sizes=(batch,), runs=runs,
+                                          device=options.get("device", "auto"), threads=threads)
+                rows.append(sweep_row(method, s, report, speed))
+        result = {"model": str(model) if not hasattr(model, "graph") else "model", "batch": batch,
+                  "provider": speed["provider"], "threads": speed["threads"], "rows": rows,
+                  "accuracy_original": report["validation"].get("accuracy_original")}
+        out_dir.mkdir(exist_ok=True)
+        write_text(out_dir / "sweep.json", json.dumps(result, indent=2))
+        write_text(out_dir / "sweep.md", table(result))
+        try:
+            plot(result, out_dir / "sweep.png")
+        except ImportError:
+            log.info("note: matplotlib is not installed, so no sweep.png (pip install 'onnxfuse[bench]')")
+        log.info(f"wrote {out_dir}/sweep.md, sweep.json" + (", sweep.png" if (out_dir / "sweep.png").exists() else ""))
+    return result
 
-    return run_sweep(model, out_dir, tuple(sparsities), tuple(methods), batch=batch, runs=runs, threads=threads,
-                     log=log, **options)
+
+def make_calibration(images: str | os.PathLike, model: ModelLike, output: str | os.PathLike | None = None, *,
+                     samples: int = pipeline.options.CALIB_SAMPLES, seed: int = 0,
+                     preprocess: Preprocess | None = None) -> Dataset:
+    """Calibration data from a folder of images for `model`'s one image input (at most `samples`, drawn
+    with `seed`); written atomically as an .npz keyed by the input name when `output` is given."""
+    folder = Path(images)
+    if not folder.is_dir():
+        raise OnnxfuseError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
+    sources = (folder,) + ((model,) if isinstance(model, (str, os.PathLike)) else ())
+    for source in sources if output is not None else ():  # fail before reading any image
+        check_output_path(Path(output), source)
+    data = load_calibration(folder, load(model), samples, seed, preprocess)
+    if output is not None:
+        save_npz(data, output, sources)
+    return data
+
+
+def make_synthetic_calibration(model: ModelLike, output: str | os.PathLike | None = None, *,
+                               samples: int = pipeline.options.CALIB_SAMPLES, seed: int = 0) -> Dataset:
+    """Data-free calibration data for `model`'s one image input: synthetic images from the generator that
+    best reproduces the model's BatchNormalization statistics (calibration/synthetic.py); written
+    atomically as an .npz keyed by the input name when `output` is given. Logs which generator won."""
+    sources = (model,) if isinstance(model, (str, os.PathLike)) else ()
+    for source in sources if output is not None else ():
+        check_output_path(Path(output), source)
+    check_samples(samples)
+    data, description = synthetic.synthesize(load(model), samples, seed)
+    log.info(description)
+    if output is not None:
+        save_npz(data, output, sources)
+    return data
+
+
+def source_of(model: ModelLike) -> str | onnx.ModelProto:
+    if isinstance(model, onnx.ModelProto):
+        return model
+    if isinstance(model, (str, os.PathLike)):
+        return str(model)
+    raise OnnxfuseError(f"expected a path or an onnx.ModelProto, got {type(model).__name__}")
+
+
+def load(model: ModelLike) -> onnx.ModelProto:
+    """The model as a checked proto (a path is read with its external data)."""
+    source = source_of(model)
+    if isinstance(source, onnx.ModelProto):
+        check_model(source)
+        return source
+    return load_model(source)
 
 
 def _counts(model: onnx.ModelProto, shapes: dict) -> tuple[int, int]:
@@ -116,162 +196,23 @@ def _counts(model: onnx.ModelProto, shapes: dict) -> tuple[int, int]:
     return count_params(graph), count_macs(graph)
 
 
-def make_calibration(images: str | os.PathLike, model: ModelLike, output: str | os.PathLike | None = None, *,
-                     samples: int = 256, seed: int = 0, preprocess: Preprocess | None = None,
-                     log=None) -> Dataset:
-    """Calibration data from a folder of images for `model`'s one image input (at most `samples`, drawn
-    with `seed`); written atomically as an .npz keyed by the input name when `output` is given."""
-    folder = Path(images)
-    if not folder.is_dir():
-        raise OnnxfuseError(f"{folder}: {'not a folder' if folder.exists() else 'no such folder'}")
-    sources = (folder,) + ((model,) if isinstance(model, (str, os.PathLike)) else ())
-    for source in sources if output is not None else ():  # fail before reading any image
-        check_output_path(Path(output), source)
-    data = load_calibration(folder, _load(model), samples, seed, preprocess, log=log)
-    if output is not None:
-        save_npz(data, output, sources)
-    return data
-
-
-def make_synthetic_calibration(model: ModelLike, output: str | os.PathLike | None = None, *, samples: int = 256,
-                               seed: int = 0, log=None) -> Dataset:
-    """Data-free calibration data for `model`'s one image input: synthetic images from the generator that
-    best reproduces the model's BatchNormalization statistics (onnxfuse/synthetic.py); written atomically
-    as an .npz keyed by the input name when `output` is given. `log` receives a line saying which generator."""
-    sources = (model,) if isinstance(model, (str, os.PathLike)) else ()
-    for source in sources if output is not None else ():
-        check_output_path(Path(output), source)
-    check_samples(samples)
-    data, summary = synthetic.synthesize(_load(model), samples, seed)
-    (log or (lambda line: None))(summary)
-    if output is not None:
-        save_npz(data, output, sources)
-    return data
-
-
-def group_rows(analysis: Analysis, total_macs: int, keep: dict | None = None) -> list[dict]:
-    rows = []
-    for group in analysis.groups:
-        row = {
-            "id": group.id,
-            "width": group.width,
-            "producers": group.nodes("producer"),
-            "consumers": group.nodes("consumer"),
-            "mac_share": round(group.macs / total_macs, 4) if total_macs else 0.0,
-            "prunable": group.prunable,
-        }
-        if group.frozen:
-            row["frozen"] = group.frozen
-        if keep is not None and group.id in keep:
-            row["kept"] = len(keep[group.id])
-        rows.append(row)
-    return rows
-
-
-def format_groups(rows: list[dict]) -> str:
-    lines = []
-    for r in rows:
-        state = "prunable" if r["prunable"] else f"frozen: {r['frozen']}"
-        kept = f" -> {r['kept']}" if "kept" in r else ""
-        lines.append(f"group {r['id']:>3}  width {r['width']:>5}{kept}  macs {100 * r['mac_share']:5.1f}%  "
-                     f"producers [{', '.join(r['producers'])}]  consumers [{', '.join(r['consumers'])}]  {state}")
-    return "\n".join(lines)
-
-
-def summary(report: dict) -> str:
-    groups = report["groups"]
-    pruned = sum(1 for g in groups if g["prunable"] and g.get("kept", g["width"]) < g["width"])
-    frozen = sum(1 for g in groups if not g["prunable"])
-    lines = [
-        f"groups: {len(groups)} ({pruned} shrunk, {frozen} frozen)" if frozen < len(groups) else
-        f"nothing to prune: all {len(groups)} channel groups are frozen (see `onnxfuse inspect`); "
-        "the output is an unchanged copy",
-        f"params: {report['params_before']:,} -> {report['params_after']:,} "
-        f"({_ratio(report['params_after'], report['params_before'])})",
-        f"MACs:   {report['macs_before']:,} -> {report['macs_after']:,} "
-        f"({_ratio(report['macs_after'], report['macs_before'])})",
-    ]
-    lines += _repair_lines(report)
-    val = report.get("validation")
-    if val:
-        line = f"validation on {val['samples']} samples of {val['data']} ({val['provider']}):"
-        if "top1_agreement" in val:
-            line += f" top-1 agreement {100 * val['top1_agreement']:.1f}%"
-        if "accuracy_original" in val:
-            line += (f", accuracy {100 * val['accuracy_original']:.2f}% -> "
-                     f"{100 * val['accuracy_compressed']:.2f}%")
-        errors = [o["max_abs_error"] for o in val["outputs"].values() if "max_abs_error" in o]
-        if errors:
-            line += f", max output error {max(errors):.3g}"
-        lines.append(line)
-    lines += _alignment_hint(report)
-    return "\n".join(lines)
-
-
-def _alignment_hint(report: dict) -> list[str]:
-    """On the CPU, widths between two multiples of ONNX Runtime's channel block cost as much as the
-    next multiple: say so when the default --round-to 1 left such widths."""
-    options = report.get("options", {})
-    block = cpu_channel_block()
-    if options.get("round_to") != 1 or options.get("device") not in ("auto", "cpu") or block <= 1:
-        return []
-    unaligned = [g for g in report["groups"] if g["prunable"] and g.get("kept", g["width"]) < g["width"]
-                 and g["kept"] % block]
-    if not unaligned:
-        return []
-    return [f"hint: {len(unaligned)} shrunk groups have widths that are not multiples of {block}, the channel "
-            f"block of ONNX Runtime's CPU convolutions here; --round-to {block} turns MAC savings into "
-            "more latency savings (see `onnxfuse bench`)"]
-
-
-def _repair_lines(report: dict) -> list[str]:
-    """What the repair step recovered: its own fit per group/consumer, and agreement before it."""
-    lines, steps = [], report.get("repair") or []
-    if steps and "output_error_before" in steps[0]:
-        before, after = (np.mean([s[key] for s in steps]) for key in ("output_error_before", "output_error_after"))
-        lines.append(f"lsq repair: {len(steps)} consumers refit, mean relative output error on the calibration "
-                     f"data {before:.3f} -> {after:.3f}")
-    elif steps:
-        error = np.mean([s["std_error_before"] for s in steps])
-        lines.append(f"stats repair: {len(steps)} groups; the new channels' std was off its target by "
-                     f"{100 * error:.0f}% on average, matched after")
-    before = report.get("validation_before_repair")
-    if before and "top1_agreement" in before:
-        line = f"before repair: top-1 agreement {100 * before['top1_agreement']:.1f}%"
-        if "accuracy_compressed" in before:
-            line += f", accuracy {100 * before['accuracy_compressed']:.2f}%"
-        lines.append(line)
-    return lines
+def _check_sweep_inputs(original: onnx.ModelProto, methods: tuple[str, ...], options: dict) -> None:
+    """Bad options and data files fail here, before any long stage starts."""
+    for method in methods:
+        opts = pipeline.Options.from_flat(**options, method=method)
+        opts.check()
+    with log.quiet():
+        if opts.calib:
+            load_calibration(opts.calib, original, opts.calib_samples, opts.seed, opts.preprocess, opts.labels_key)
+        if opts.data:
+            load_npz(opts.data, original, opts.labels_key)
 
 
 def _compress_report(ctx: pipeline.Context) -> dict:
-    opts = ctx.options
-    options = asdict(opts)
-    if opts.method != "fuse":
+    options = asdict(ctx.options)
+    if ctx.options.method != "fuse":
         del options["fusion"]
-    report = {
-        "options": options,
-        "groups": group_rows(ctx.analysis, ctx.report["macs_before"], ctx.keep),
-    }
+    report = {"options": options,
+              "groups": group_rows(ctx.model.analysis, ctx.report["macs_before"], ctx.decisions.keep)}
     report.update(ctx.report)
     return report
-
-
-def _source(model: ModelLike):
-    if isinstance(model, onnx.ModelProto):
-        return model
-    if isinstance(model, (str, os.PathLike)):
-        return str(model)
-    raise OnnxfuseError(f"expected a path or an onnx.ModelProto, got {type(model).__name__}")
-
-
-def _load(model: ModelLike) -> onnx.ModelProto:
-    source = _source(model)
-    if isinstance(source, onnx.ModelProto):
-        check_model(source)
-        return source
-    return load_model(source)
-
-
-def _ratio(after: int, before: int) -> str:
-    return f"{after / before:.3f}x" if before else "n/a"

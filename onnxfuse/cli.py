@@ -1,20 +1,45 @@
-"""Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make | calib synth."""
+"""Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make | calib synth.
+
+The arguments of `compress` are generated from the fields of `pipeline.Options` (their flag, help,
+choices, type, metavar and action metadata) and of `FusionOptions` (flags in `_FUSION_FLAGS`); the
+other commands take their shared flags from the same fields, and their counts from the defaults of
+the `api` functions, so that no default or choice list is written twice.
+"""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
+from inspect import signature
 from pathlib import Path
 
-from . import api
+from . import api, log
+from .calibration.images import Preprocess
 from .errors import OnnxfuseError
-from .graphio import check_output_path, save_model
-from .images import Preprocess
-from .latency import format_bench
-from .reports import report_paths
-from .validate import DEVICES
+from .graph.io import check_output_path, save_model
+from .methods import intra_fusion, ot
+from .methods.intra_fusion import FusionOptions
+from .pipeline.options import Options
+from .reporting.report import report_paths
+from .reporting.summary import format_groups
+from .runtime.timing import compare_speed, format_bench
+
+# FusionOptions fields (intra_fusion.py carries no CLI metadata): flag, help, choices, type.
+_FUSION_FLAGS = {
+    "normalization": {"flag": "--normalization", "choices": intra_fusion.NORMALIZATIONS,
+                      "help": "how fuse applies its transport map (see README)"},
+    "p": {"flag": "--ot-p", "type": int, "choices": (1, 2), "help": "OT ground metric: L1 or L2"},
+    "solver": {"flag": "--ot-solver", "choices": ot.SOLVERS},
+    "reg": {"flag": "--ot-reg", "type": float, "help": "Sinkhorn regularisation"},
+    "marginals": {"flag": "--ot-marginals", "choices": ot.MARGINALS},
+    "features": {"flag": "--ot-features", "choices": intra_fusion.FEATURES,
+                 "help": "OT cost from weights, calibration activations (needs --calib) or both"},
+}
+_OPTION_FIELDS = {f.name: f for f in dataclasses.fields(Options)}
+_VERBOSE_HELP = "let ONNX Runtime's own warnings through (silenced by default)"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -24,124 +49,160 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
     parser = _Parser(prog="onnxfuse", description="Shrink ONNX models by merging or pruning channels.")
+    parser.add_argument("--version", action="version", version=f"onnxfuse {__version__}")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
+    common = argparse.ArgumentParser(add_help=False)  # --verbose after the command too; unset unless given
+    common.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    c = sub.add_parser("compress", help="compress a model")
-    c.add_argument("input")
-    c.add_argument("-o", "--output", required=True)
-    c.add_argument("--sparsity", type=float, default=0.5, help="fraction of channels removed per group")
-    c.add_argument("--method", default="prune", choices=["prune", "fuse"])
-    c.add_argument("--importance", default="l1")
-    c.add_argument("--normalization", default="rescale", choices=["reference", "average", "rescale"],
-                   help="how fuse applies its transport map (see README)")
-    c.add_argument("--ot-p", type=int, default=1, choices=[1, 2], help="OT ground metric: L1 or L2")
-    c.add_argument("--ot-solver", default="emd", choices=["emd", "sinkhorn"])
-    c.add_argument("--ot-reg", type=float, default=0.01, help="Sinkhorn regularisation")
-    c.add_argument("--ot-marginals", default="uniform", choices=["uniform", "importance"])
-    c.add_argument("--ot-features", default="weights", choices=["weights", "activations", "both"],
-                   help="OT cost from weights, calibration activations (needs --calib) or both")
-    c.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto",
-                   help="keep a multiple of N channels per group (auto: 8 on CUDA, 1 on the CPU)")
-    c.add_argument("--global", dest="global_ranking", action="store_true",
-                   help="rank channels across all groups instead of the same sparsity in each")
-    c.add_argument("--max-sparsity", type=float, default=1.0, help="at most this fraction of a group goes")
-    c.add_argument("--target-macs", type=float, help="keep this fraction of the MACs (solves for the sparsity)")
-    c.add_argument("--target-latency", type=float, metavar="F",
-                   help="reach this fraction of the original ONNX Runtime latency (per-group timings)")
-    c.add_argument("--latency-batch", type=_positive_int, default=32, metavar="N",
-                   help="batch size for --target-latency (default 32)")
-    c.add_argument("--allocate", default="uniform", choices=["uniform", "sensitivity"],
-                   help="sensitivity: per-group sparsities measured on --calib data to meet --target-macs")
-    c.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB",
-                   help="leave the output channels of matching nodes untouched (repeatable)")
-    c.add_argument("--keep-bn", action="store_true", help="do not fold BatchNormalization into Conv/Gemm")
-    c.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
-                   help="shape of an input with dynamic dimensions, for MAC counts and random inputs")
-    c.add_argument("--calib", help="calibration data: .npz (one array per input, optional labels) or a folder "
-                   "of images (see the preprocessing options)")
-    _add_calib_options(c)
-    c.add_argument("--repair", default="auto", choices=["auto", "none", "stats", "lsq"],
-                   help="statistics repair with the calibration data (auto: stats when --calib is given)")
-    c.add_argument("--data", help="validation data (.npz); default: the calibration data, else random inputs")
-    c.add_argument("--labels", default="labels", help="key of the labels array in the .npz files")
-    c.add_argument("--no-validate", action="store_true", help="skip the ONNX Runtime comparison")
-    c.add_argument("--device", default="auto", choices=DEVICES)
-    c.add_argument("--seed", type=int, default=0)
-    c.add_argument("--report", help="write the report as JSON")
+    def command(name: str, help: str, into=sub) -> argparse.ArgumentParser:
+        return into.add_parser(name, help=help, parents=[common])
 
-    i = sub.add_parser("inspect", help="list the channel groups")
-    i.add_argument("input")
-    i.add_argument("--json", action="store_true")
-    i.add_argument("--ignore", action="append", default=[], metavar="NODE_GLOB")
-    i.add_argument("--keep-bn", action="store_true")
-    i.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
-                   help="shape of an input with dynamic dimensions, for MAC counts")
-
-    v = sub.add_parser("validate", help="compare two models in ONNX Runtime")
-    v.add_argument("original")
-    v.add_argument("compressed")
-    v.add_argument("--data", help=".npz inputs (random inputs when omitted)")
-    v.add_argument("--labels", default="labels")
-    v.add_argument("--device", default="auto", choices=DEVICES)
-    v.add_argument("--json", action="store_true")
-    v.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
-                   help="shape of an input with dynamic dimensions, for random inputs")
-
-    b = sub.add_parser("bench", help="latency and throughput of two models in ONNX Runtime")
-    b.add_argument("original")
-    b.add_argument("compressed")
-    _add_bench_options(b)
-    b.add_argument("--json", action="store_true")
-    b.add_argument("--input-shape", action="append", default=[], metavar="[NAME:]D0,D1,...",
-                   help="shape of an input with dynamic dimensions other than the batch")
-
-    w = sub.add_parser("sweep", help="compress at several sparsities and methods; table and plot")
-    w.add_argument("input")
-    w.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for sweep.md/.json/.png")
-    w.add_argument("--sparsities", type=_fractions, default=(0.1, 0.3, 0.5, 0.7), metavar="S[,S...]")
-    w.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=("prune", "fuse"), metavar="M[,M]")
-    w.add_argument("--calib", help="calibration data (.npz or image folder), for the repair")
-    w.add_argument("--calib-samples", type=_positive_int, default=256, metavar="N",
-                   help="use at most N calibration samples (default 256)")
-    w.add_argument("--data", help="validation data (.npz, with labels for accuracy)")
-    w.add_argument("--repair", default="auto", choices=["auto", "none", "stats", "lsq"])
-    w.add_argument("--round-to", type=_round_to, default="auto", metavar="N|auto")
-    w.add_argument("--seed", type=int, default=0)
-    _add_bench_options(w, batches="32")
-    w.add_argument("--labels", default="labels")
-
-    k = sub.add_parser("calib", help="calibration data tools")
+    _add_compress(command("compress", "compress a model"))
+    _add_inspect(command("inspect", "list the channel groups"))
+    _add_validate(command("validate", "compare two models in ONNX Runtime"))
+    _add_bench(command("bench", "latency and throughput of two models in ONNX Runtime"))
+    _add_sweep(command("sweep", "compress at several sparsities and methods; table and plot"))
+    k = command("calib", "calibration data tools")
     ksub = k.add_subparsers(dest="calib_command", metavar="{make,synth}", required=True, parser_class=_Parser)
-    m = ksub.add_parser("make", help="build a calibration .npz from a folder of images")
-    m.add_argument("images", metavar="IMAGES_DIR")
-    m.add_argument("-o", "--output", required=True)
-    m.add_argument("--model", required=True, help="the model the data is for (input name, shape, dtype)")
-    m.add_argument("--seed", type=int, default=0)
-    _add_calib_options(m)
-    y = ksub.add_parser("synth", help="data-free: synthetic images matched to the model's BatchNormalization "
-                        "statistics, as a calibration .npz")
-    y.add_argument("model", metavar="MODEL", help="an image model with BatchNormalization nodes (not folded)")
-    y.add_argument("-o", "--output", required=True)
-    y.add_argument("--calib-samples", type=_positive_int, default=256, metavar="N",
-                   help="number of synthetic samples (default 256)")
-    y.add_argument("--seed", type=int, default=0)
+    _add_calib_make(command("make", "build a calibration .npz from a folder of images", ksub))
+    _add_calib_synth(command("synth", "data-free: synthetic images matched to the model's BatchNormalization "
+                             "statistics, as a calibration .npz", ksub))
     return parser
 
 
-def _add_bench_options(p: argparse.ArgumentParser, batches: str = "1,32") -> None:
-    p.add_argument("--device", default="auto", choices=DEVICES)
-    p.add_argument("--batch", type=_positive_ints, default=_positive_ints(batches), metavar="B[,B...]",
-                   help=f"batch sizes (default {batches})")
-    p.add_argument("--runs", type=_positive_int, default=50, help="timed runs per model and batch (default 50)")
-    p.add_argument("--warmup", type=_positive_int, default=5, help="untimed runs first (default 5)")
+def _add_compress(c: argparse.ArgumentParser) -> None:
+    c.add_argument("input")
+    c.add_argument("-o", "--output", required=True)
+    dests = []
+    for name, f in _OPTION_FIELDS.items():
+        if name == "fusion":
+            for fname, default in dataclasses.asdict(FusionOptions()).items():
+                meta = _FUSION_FLAGS[fname]
+                dests.append(_add_option(c, meta["flag"][2:].replace("-", "_"), default, meta))
+        elif name == "preprocess":
+            _add_preprocess_options(c)
+        elif f.metadata.get("cli", True):
+            dests.append(_add_option(c, name, f.default, f.metadata))
+    c.add_argument("--report", help="write the report as JSON")
+    c.set_defaults(option_dests=tuple(dests))
+
+
+def _add_inspect(i: argparse.ArgumentParser) -> None:
+    i.add_argument("input")
+    i.add_argument("--json", action="store_true")
+    _add_shared(i, "ignore")
+    _add_shared(i, "fold_bn")
+    _add_shared(i, "input_shape", help="shape of an input with dynamic dimensions, for MAC counts")
+
+
+def _add_validate(v: argparse.ArgumentParser) -> None:
+    v.add_argument("original")
+    v.add_argument("compressed")
+    _add_shared(v, "data", help=".npz inputs (random inputs when omitted)")
+    _add_shared(v, "labels_key")
+    _add_shared(v, "device")
+    v.add_argument("--json", action="store_true")
+    _add_shared(v, "input_shape", help="shape of an input with dynamic dimensions, for random inputs")
+
+
+def _add_bench(b: argparse.ArgumentParser) -> None:
+    b.add_argument("original")
+    b.add_argument("compressed")
+    defaults = _defaults(api.bench)
+    _add_bench_options(b, defaults["batch_sizes"], defaults["runs"], defaults["warmup"])
+    b.add_argument("--json", action="store_true")
+    _add_shared(b, "input_shape", help="shape of an input with dynamic dimensions other than the batch")
+
+
+def _add_sweep(w: argparse.ArgumentParser) -> None:
+    defaults = _defaults(api.sweep)
+    w.add_argument("input")
+    w.add_argument("-o", "--output", required=True, metavar="OUT_DIR", help="folder for sweep.md/.json/.png")
+    w.add_argument("--sparsities", type=_fractions, default=defaults["sparsities"], metavar="S[,S...]")
+    w.add_argument("--methods", type=lambda t: tuple(t.split(",")), default=defaults["methods"], metavar="M[,M]")
+    _add_shared(w, "calib", help="calibration data (.npz or image folder), for the repair")
+    _add_shared(w, "calib_samples", help="use at most N calibration samples")
+    _add_shared(w, "data", help="validation data (.npz, with labels for accuracy)")
+    for name in ("repair", "round_to", "seed"):
+        _add_shared(w, name)
+    # api.sweep times with compare_speed's own warm-up: the flag's default says which
+    _add_bench_options(w, (defaults["batch"],), defaults["runs"], _defaults(compare_speed)["warmup"])
+    _add_shared(w, "labels_key")
+
+
+def _add_calib_make(m: argparse.ArgumentParser) -> None:
+    m.add_argument("images", metavar="IMAGES_DIR")
+    m.add_argument("-o", "--output", required=True)
+    m.add_argument("--model", required=True, help="the model the data is for (input name, shape, dtype)")
+    _add_shared(m, "seed")
+    _add_shared(m, "calib_samples", help=_OPTION_FIELDS["calib_samples"].metadata["help"])
+    _add_preprocess_options(m)
+
+
+def _add_calib_synth(y: argparse.ArgumentParser) -> None:
+    y.add_argument("model", metavar="MODEL", help="an image model with BatchNormalization nodes (not folded)")
+    y.add_argument("-o", "--output", required=True)
+    _add_shared(y, "calib_samples", help="number of synthetic samples")
+    _add_shared(y, "seed")
+
+
+def _add_option(p: argparse.ArgumentParser, dest: str, default, meta) -> str:
+    """One argument from a field's metadata; returns its dest (the field name, or ot_* for fusion)."""
+    action, help = meta.get("action"), (meta.get("help") or "").replace("%", "%%") or None
+    if help and meta.get("type") == "positive_int":  # counts say their default, as they always did
+        help += " (default %(default)s)"
+    flag, kwargs = meta.get("flag", "--" + dest.replace("_", "-")), {"dest": dest, "help": help}
+    if action in ("store_true", "store_false"):
+        if default is not (action == "store_false"):
+            raise ValueError(f"{dest}: default {default!r} does not fit action {action}")
+        kwargs["action"] = action
+    else:
+        kwargs.update(default=list(default) if action == "append" else default, type=_value_type(default, meta))
+        kwargs.update({k: meta[k] for k in ("action", "metavar") if k in meta})
+        if "choices" in meta:
+            choices = meta["choices"]() if callable(meta["choices"]) else tuple(meta["choices"])
+            if default is not None and default not in choices:
+                raise ValueError(f"{dest}: default {default!r} is not among its choices {choices}")
+            kwargs["choices"] = choices
+        else:
+            kwargs.setdefault("metavar", flag[2:].replace("-", "_").upper())  # --labels LABELS, not LABELS_KEY
+    p.add_argument(flag, **kwargs)
+    return dest
+
+
+def _add_shared(p: argparse.ArgumentParser, name: str, help: str | None = None) -> None:
+    """An Options field's flag, default, type and choices on another command, with that command's help."""
+    f = _OPTION_FIELDS[name]
+    _add_option(p, name, f.default, {**f.metadata, "help": help})
+
+
+def _value_type(default, meta):
+    kind = meta.get("type")
+    if kind is None:
+        kind = str if default is None or isinstance(default, (tuple, list)) else type(default)
+    return {"positive_int": _positive_int, "round_to": _round_to}.get(kind, kind) if isinstance(kind, str) else kind
+
+
+def _defaults(func) -> dict:
+    return {k: v.default for k, v in signature(func).parameters.items() if v.default is not v.empty}
+
+
+def _add_bench_options(p: argparse.ArgumentParser, batches: tuple[int, ...], runs: int, warmup: int) -> None:
+    _add_shared(p, "device")
+    p.add_argument("--batch", type=_positive_ints, default=tuple(batches), metavar="B[,B...]",
+                   help=f"batch sizes (default {','.join(map(str, batches))})")
+    p.add_argument("--runs", type=_positive_int, default=runs,
+                   help="timed runs per model and batch (default %(default)s)")
+    p.add_argument("--warmup", type=_positive_int, default=warmup, help="untimed runs first (default %(default)s)")
     p.add_argument("--threads", type=_positive_int, help="intra-op threads, the same for both models "
                    "(default: the CPUs this process may use)")
 
 
-def _add_calib_options(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--calib-samples", type=_positive_int, default=256, metavar="N",
-                   help="use at most N calibration samples, drawn with --seed when there are more (default 256)")
+def _add_preprocess_options(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("preprocessing of a folder of images")
     g.add_argument("--preprocess-size", type=_size, metavar="H,W", help="resize to H,W (default: the model's H,W)")
     g.add_argument("--scale", type=_scale, default=1.0,
@@ -221,6 +282,8 @@ def _color(text: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.verbose:
+        log.verbose(True)
     try:
         return COMMANDS[args.command](args)
     except OnnxfuseError as exc:
@@ -243,35 +306,28 @@ def _compress(args) -> int:
     if any(out.resolve() == outputs[0].resolve() for out in outputs[1:]):
         raise OnnxfuseError(f"{args.report}: the report (JSON + .md) would overwrite the output model; "
                             "choose another path")
-    model, report = api.compress(
-        args.input, args.sparsity, method=args.method, importance=args.importance, round_to=args.round_to,
-        global_ranking=args.global_ranking, max_sparsity=args.max_sparsity, target_macs=args.target_macs,
-        target_latency=args.target_latency, latency_batch=args.latency_batch,
-        allocate=args.allocate, ignore=args.ignore, fold_bn=not args.keep_bn, calib=args.calib, data=args.data,
-        calib_samples=args.calib_samples, preprocess=_preprocess(args), labels_key=args.labels, repair=args.repair,
-        validate=not args.no_validate, normalization=args.normalization, ot_p=args.ot_p, ot_solver=args.ot_solver,
-        ot_reg=args.ot_reg, ot_marginals=args.ot_marginals, ot_features=args.ot_features, device=args.device,
-        seed=args.seed, input_shape=args.input_shape, report_path=args.report)
+    options = {dest: getattr(args, dest) for dest in args.option_dests}
+    model, _ = api.compress(args.input, **options, preprocess=_preprocess(args), report_path=args.report)
     save_model(model, args.output, input_path=args.input)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
 
 
 def _inspect(args) -> int:
-    report = api.inspect(args.input, ignore=args.ignore, fold_bn=not args.keep_bn, input_shape=args.input_shape)
+    report = api.inspect(args.input, ignore=args.ignore, fold_bn=args.fold_bn, input_shape=args.input_shape)
     if args.json:
         print(json.dumps(report, indent=2))
         return 0
     prunable = [g for g in report["groups"] if g["prunable"]]
     print(f"{args.input}: {report['params']:,} params, {report['macs']:,} MACs, "
           f"{len(report['groups'])} groups ({len(prunable)} prunable)")
-    print(api.format_groups(report["groups"]))
+    print(format_groups(report["groups"]))
     print(f"MACs in nodes that prunable groups shrink: {100 * report['prunable_mac_share']:.1f}%")
     return 0
 
 
 def _validate(args) -> int:
-    report = api.validate(args.original, args.compressed, data=args.data, labels_key=args.labels,
+    report = api.validate(args.original, args.compressed, data=args.data, labels_key=args.labels_key,
                           device=args.device, input_shape=args.input_shape)
     print(json.dumps(report, indent=2) if args.json else _validation_text(report))
     return 0
@@ -279,7 +335,7 @@ def _validate(args) -> int:
 
 def _bench(args) -> int:
     report = api.bench(args.original, args.compressed, batch_sizes=args.batch, runs=args.runs, warmup=args.warmup,
-                       device=args.device, threads=args.threads, input_shape=args.input_shape, log=_stderr)
+                       device=args.device, threads=args.threads, input_shape=args.input_shape)
     print(json.dumps(report, indent=2) if args.json else format_bench(report))
     return 0
 
@@ -294,18 +350,13 @@ def _sweep(args) -> int:
         raise OnnxfuseError("sweep times one batch size; give one --batch")
     api.sweep(args.input, out, args.sparsities, args.methods, batch=batch, runs=args.runs, threads=args.threads,
               calib=args.calib, calib_samples=args.calib_samples, data=args.data, repair=args.repair,
-              round_to=args.round_to, device=args.device, seed=args.seed, labels_key=args.labels, log=_stderr)
+              round_to=args.round_to, device=args.device, seed=args.seed, labels_key=args.labels_key)
     return 0
-
-
-def _stderr(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
 
 
 def _calib(args) -> int:  # calib make | synth
     if args.calib_command == "synth":
-        data = api.make_synthetic_calibration(args.model, args.output, samples=args.calib_samples, seed=args.seed,
-                                              log=_stderr)
+        data = api.make_synthetic_calibration(args.model, args.output, samples=args.calib_samples, seed=args.seed)
     else:
         data = api.make_calibration(args.images, args.model, args.output, samples=args.calib_samples,
                                     seed=args.seed, preprocess=_preprocess(args))

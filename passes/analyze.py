@@ -1,23 +1,22 @@
-from onnxfuse.channels import analyze
-from onnxfuse.metrics import count_params, node_macs
-from onnxfuse.normalize import with_input_shapes
+from onnxfuse.analysis.channels import analyze
+from onnxfuse.graph.metrics import count_params, node_macs
+from onnxfuse.graph.shapes import mac_graph
+from onnxfuse.pipeline.contract import Pass, register_pass
 
 
-class Analyze:
+@register_pass
+class Analyze(Pass):
     """Channel spaces → groups of coupled channels, each prunable or frozen with a reason."""
 
     name = "analyze"
+    requires = ("model.graph",)
+    provides = ("model.analysis",)
 
     def run(self, ctx):
-        macs = node_macs(mac_graph(ctx, ctx.graph))
-        ctx.analysis = analyze(ctx.graph, ctx.options.ignore, macs)
-        ctx.report["params_before"] = count_params(ctx.graph)
+        model = ctx.model
+        macs = node_macs(mac_graph(model.graph, model.original, model.input_shapes))
+        model.analysis = analyze(model.graph, ctx.options.ignore, macs)
+        ctx.report["params_before"] = count_params(model.graph)
         ctx.report["macs_before"] = sum(macs.values())
-        if ctx.input_shapes:
-            ctx.report["mac_input_shapes"] = ctx.input_shapes
-        return ctx
-
-
-def mac_graph(ctx, graph):
-    """The graph to count MACs on: with concrete input shapes where the model's are dynamic."""
-    return with_input_shapes(graph, ctx.original, ctx.input_shapes) if ctx.input_shapes else graph
+        if model.input_shapes:
+            ctx.report["mac_input_shapes"] = model.input_shapes

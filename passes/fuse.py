@@ -1,26 +1,28 @@
-from onnxfuse.channelmap import GroupMap, apply_maps
-from onnxfuse.fusion import fusion_map
-from onnxfuse.normalize import runnable
+from onnxfuse.graph.convert import runnable
+from onnxfuse.methods import METHODS
+from onnxfuse.methods.channelmap import apply_maps
+from onnxfuse.pipeline.contract import Pass, register_pass
 
 
-class Fuse:
-    """Choose one map per group — a selection for `prune`, optimal transport for `fuse` — and
-    apply it to every member."""
+@register_pass
+class Fuse(Pass):
+    """One map per group from the registered method — a selection for `prune`, optimal transport for
+    `fuse` — applied to every member through the one apply path."""
 
     name = "fuse"
+    requires = ("model.graph", "model.analysis", "decisions.scores", "decisions.keep")
+    provides = ("decisions.maps", "decisions.space_maps")
 
     def run(self, ctx):
-        tensors = ctx.graph.tensors()
-        for group in ctx.analysis.prunable:
-            if group.id not in ctx.keep:
-                continue
-            kept = ctx.keep[group.id]
-            if ctx.options.method == "fuse":
-                ctx.maps[group.id] = fusion_map(group, tensors, kept, ctx.scores[group.id], ctx.options.fusion,
-                                                ctx.activations.get(group.id))
-            else:
-                ctx.maps[group.id] = GroupMap.selection(group.width, kept)
-        if ctx.options.effective_repair != "none":
-            ctx.before_fuse = runnable(ctx.graph, ctx.original)
-        ctx.space_maps = apply_maps(ctx.graph, ctx.analysis, ctx.maps)
-        return ctx
+        model, decisions, opts = ctx.model, ctx.decisions, ctx.options
+        group_map = METHODS.get(opts.method).group_map
+        tensors = model.graph.tensors()
+        decisions.maps = {}
+        for group in model.analysis.prunable:
+            if group.id in decisions.keep:
+                decisions.maps[group.id] = group_map(group, tensors, decisions.keep[group.id],
+                                                     decisions.scores[group.id], opts,
+                                                     ctx.calibration.activations.get(group.id))
+        if opts.effective_repair != "none":
+            model.before_fuse = runnable(model.graph, model.original)
+        decisions.space_maps = apply_maps(model.graph, model.analysis, decisions.maps)

@@ -2,35 +2,39 @@ from pathlib import Path
 
 import onnx
 
-from onnxfuse.data import has_dynamic_dims, load_calibration, load_npz, parse_input_shapes
-from onnxfuse.graphio import check_model, has_external_data, load_model
+from onnxfuse.calibration.data import has_dynamic_dims, load_calibration, load_npz, parse_input_shapes
+from onnxfuse.graph.io import check_model, has_external_data, load_model
+from onnxfuse.pipeline.contract import Pass, register_pass
 
 
-class Load:
+@register_pass
+class Load(Pass):
     """Read the model (path or ModelProto), the calibration data (.npz or image folder, at most
     calib_samples) and the validation data. Weights stored as external data stay in their files:
     the graph reads them from there (normalize), one at a time."""
 
     name = "load"
+    requires = ("model.source",)
+    provides = ("model.original",)
 
     def run(self, ctx):
-        if isinstance(ctx.source, onnx.ModelProto):
-            check_model(ctx.source)
-            ctx.original = onnx.ModelProto()
-            ctx.original.CopyFrom(ctx.source)  # the graph tools write into the protos they import
+        model, opts = ctx.model, ctx.options
+        if isinstance(model.source, onnx.ModelProto):
+            check_model(model.source)
+            model.original = onnx.ModelProto()
+            model.original.CopyFrom(model.source)  # the graph tools write into the protos they import
         else:
-            ctx.original = load_model(ctx.source, external_data=False)
-            if has_external_data(ctx.original):
-                ctx.weights_dir = str(Path(ctx.source).parent)
-        if ctx.options.calib and ctx.calib is None:  # probes of the allocator pass it in
-            opts = ctx.options
-            ctx.calib = load_calibration(opts.calib, ctx.original, opts.calib_samples, opts.seed, opts.preprocess,
-                                         opts.labels_key, log=ctx.log)
-        if ctx.options.data:
-            ctx.data = load_npz(ctx.options.data, ctx.original, ctx.options.labels_key)
-        ctx.input_shapes = parse_input_shapes(list(ctx.options.input_shape), ctx.original)
-        example = ctx.data or ctx.calib
-        if example is not None and has_dynamic_dims(ctx.original):
+            model.original = load_model(model.source, external_data=False)
+            if has_external_data(model.original):
+                model.weights_dir = str(Path(model.source).parent)
+        calibration = ctx.calibration
+        if opts.calib:
+            calibration.calib = load_calibration(opts.calib, model.original, opts.calib_samples, opts.seed,
+                                                 opts.preprocess, opts.labels_key)
+        if opts.data:
+            calibration.data = load_npz(opts.data, model.original, opts.labels_key)
+        model.input_shapes = parse_input_shapes(list(opts.input_shape), model.original)
+        example = calibration.data or calibration.calib
+        if example is not None and has_dynamic_dims(model.original):
             for name, array in example.feeds.items():
-                ctx.input_shapes.setdefault(name, [1, *array.shape[1:]])
-        return ctx
+                model.input_shapes.setdefault(name, [1, *array.shape[1:]])

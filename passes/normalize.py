@@ -1,14 +1,19 @@
-from onnxfuse.normalize import import_graph, infer_shapes, normalize
+from onnxfuse.graph.convert import import_graph
+from onnxfuse.graph.rewrites import normalize
+from onnxfuse.graph.shapes import infer_shapes
+from onnxfuse.pipeline.contract import Pass, register_pass
 
 
-class Normalize:
+@register_pass
+class Normalize(Pass):
     """Constant nodes → initializers, Identity removal, bias-Add and BN folding, shape inference."""
 
     name = "normalize"
+    requires = ("model.original",)
+    provides = ("model.graph",)
 
     def run(self, ctx):
-        graph = infer_shapes(import_graph(ctx.original, ctx.weights_dir), ctx.original)  # shapes let Shape ops fold
-        notes = normalize(graph, fold_bn=ctx.options.fold_bn)
-        ctx.graph = infer_shapes(graph, ctx.original)
-        ctx.report["normalize"] = notes
-        return ctx
+        model = ctx.model
+        graph = infer_shapes(import_graph(model.original, model.weights_dir), model.original)  # lets Shape ops fold
+        ctx.report["normalize"] = normalize(graph, fold_bn=ctx.options.fold_bn)
+        model.graph = infer_shapes(graph, model.original)

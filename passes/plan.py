@@ -1,74 +1,76 @@
-from onnxfuse.allocate import LEVELS, allocate, best_plan, importance_damage, measure_sensitivity
 from onnxfuse.errors import OnnxfuseError
-from onnxfuse.latency import LatencyModel, LatencyProbe, measure_latency_savings, pruned_probe
-from onnxfuse.planning import estimated_mac_ratio, keep_counts, solve_sparsity_for_macs, top_k
+from onnxfuse.log import info
+from onnxfuse.pipeline.contract import Pass, register_pass
+from onnxfuse.planning.counts import estimated_mac_ratio, keep_counts, solve_sparsity_for_macs, top_k
+from onnxfuse.planning.latency import LatencyModel, LatencyProbe, measure_latency_savings
+from onnxfuse.planning.sensitivity import LEVELS, allocate, best_plan, importance_damage, measure_sensitivity
 
 
-class Plan:
-    """How many channels each group keeps (uniform or global ranking, round-to, MAC target) and
-    which (the top-k by importance)."""
+@register_pass
+class Plan(Pass):
+    """How many channels each group keeps (uniform or global ranking, round-to, MAC or latency
+    target, sensitivity allocation) and which (the top-k by importance)."""
 
     name = "plan"
+    requires = ("model.analysis", "decisions.scores")
+    provides = ("decisions.keep",)
 
     def run(self, ctx):
-        opts = ctx.options
-        groups = ctx.analysis.prunable
-        if opts.only_groups is not None:
-            groups = [g for g in groups if g.id in opts.only_groups]
-        if opts.fixed_counts is not None:
-            counts = opts.fixed_counts
+        opts, decisions, analysis = ctx.options, ctx.decisions, ctx.model.analysis
+        groups = analysis.prunable
+        if decisions.only_groups is not None:
+            groups = [g for g in groups if g.id in decisions.only_groups]
+        if decisions.fixed_counts is not None:
+            counts = decisions.fixed_counts
         elif opts.allocate == "sensitivity":
             counts = self._sensitivity(ctx)
         elif opts.target_latency is not None:
             counts = self._latency(ctx)
         elif opts.target_macs is not None:
-            sparsity, counts = solve_sparsity_for_macs(ctx.analysis, ctx.scores, opts.target_macs, opts.round_to,
+            sparsity, counts = solve_sparsity_for_macs(analysis, decisions.scores, opts.target_macs, opts.round_to,
                                                        opts.global_ranking, opts.max_sparsity)
             ctx.report["solved_sparsity"] = round(sparsity, 4)
         else:
-            counts = keep_counts(groups, ctx.scores, opts.sparsity, opts.round_to, opts.global_ranking,
+            counts = keep_counts(groups, decisions.scores, opts.sparsity, opts.round_to, opts.global_ranking,
                                  opts.max_sparsity)
-        ctx.report["estimated_mac_ratio"] = round(estimated_mac_ratio(ctx.analysis, counts), 4)
-        for group in groups:
-            ctx.keep[group.id] = top_k(ctx.scores[group.id], counts[group.id])
-        return ctx
+        ctx.report["estimated_mac_ratio"] = round(estimated_mac_ratio(analysis, counts), 4)
+        decisions.keep = {group.id: top_k(decisions.scores[group.id], counts[group.id]) for group in groups}
 
     @staticmethod
     def _sensitivity(ctx):
-        opts = ctx.options
-        damage = measure_sensitivity(ctx)
-        greedy = allocate(ctx.analysis, damage, opts.target_macs, opts.round_to)
-        _, uniform = solve_sparsity_for_macs(ctx.analysis, ctx.scores, opts.target_macs, opts.round_to)
-        chosen, counts, totals = best_plan(ctx, {"sensitivity": greedy, "uniform": uniform})
+        opts, analysis = ctx.options, ctx.model.analysis
+        damage = measure_sensitivity(analysis, ctx.probes)
+        greedy = allocate(analysis, damage, opts.target_macs, opts.round_to)
+        _, uniform = solve_sparsity_for_macs(analysis, ctx.decisions.scores, opts.target_macs, opts.round_to)
+        chosen, counts, totals = best_plan(ctx.probes, {"sensitivity": greedy, "uniform": uniform})
         ctx.report["sensitivity"] = {str(gid): {str(s): round(d, 6) for s, d in levels.items()}
                                      for gid, levels in damage.items()}
         ctx.report["allocation"] = {"chosen": chosen, "damage": {k: round(v, 6) for k, v in totals.items()}}
-        ctx.log(f"allocation: {chosen} (calibration damage {', '.join(f'{k} {v:.4f}' for k, v in totals.items())})")
+        info(f"allocation: {chosen} (calibration damage {', '.join(f'{k} {v:.4f}' for k, v in totals.items())})")
         return counts
 
     @staticmethod
     def _latency(ctx, corrections: int = 3):
         """Per-group latency savings measured in ONNX Runtime, damage measured on --calib (else the
         importance removed), greedy allocation; the measured result corrects the goal when it misses."""
-        opts, groups = ctx.options, ctx.analysis.prunable
-        probe = LatencyProbe(ctx.original, opts.device, opts.latency_batch, ctx.input_shapes, ctx.model_source)
-        savings = measure_latency_savings(ctx, probe)
-        damage = measure_sensitivity(ctx) if ctx.calib is not None else importance_damage(
-            groups, ctx.scores, LEVELS, opts.round_to)
-
-        ratio_of = LatencyModel(ctx.analysis, savings, opts.round_to).ratio
+        opts, model, analysis = ctx.options, ctx.model, ctx.model.analysis
+        probe = LatencyProbe(model.original, opts.device, opts.latency_batch, model.input_shapes, model.model_source)
+        savings = measure_latency_savings(analysis, probe, ctx.probes.pruned)
+        damage = measure_sensitivity(analysis, ctx.probes) if ctx.calibration.calib is not None else \
+            importance_damage(analysis.prunable, ctx.decisions.scores, LEVELS, opts.round_to)
+        ratio_of = LatencyModel(analysis, savings, opts.round_to).ratio
 
         goal, tried = opts.target_latency, []
         for _ in range(corrections + 1):
             try:
-                counts = allocate(ctx.analysis, damage, goal, opts.round_to, ratio_of, what="latency")
+                counts = allocate(analysis, damage, goal, opts.round_to, ratio_of, what="latency")
             except OnnxfuseError:
                 if not tried:
                     raise
                 break
-            reached = probe.ratio(pruned_probe(ctx, counts))
+            reached = probe.ratio(ctx.probes.pruned(fixed_counts=counts))
             tried.append((reached, goal, counts))
-            ctx.log(f"latency: allocation for {goal:.3f} (estimated {ratio_of(counts):.3f}) measures {reached:.3f}")
+            info(f"latency: allocation for {goal:.3f} (estimated {ratio_of(counts):.3f}) measures {reached:.3f}")
             if reached <= opts.target_latency:
                 break
             goal *= opts.target_latency / reached

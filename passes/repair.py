@@ -1,23 +1,25 @@
-from onnxfuse.lsq import repair_lsq
-from onnxfuse.normalize import runnable
-from onnxfuse.repair import repair_stats
-from onnxfuse.validate import compare
+from onnxfuse.graph.convert import runnable
+from onnxfuse.pipeline.contract import Pass, register_pass
+from onnxfuse.repair import REPAIRS, RepairJob
+from onnxfuse.runtime.compare import compare
 
 
-class Repair:
-    """With calibration data: match every new channel's statistics to its sources' (stats,
-    REPAIR), or refit the consumers of every shrunk group by least squares (lsq)."""
+@register_pass
+class Repair(Pass):
+    """With calibration data: the registered repair (stats: match every new channel's statistics to
+    its sources'; lsq: refit the consumers of every shrunk group by least squares)."""
 
     name = "repair"
+    requires = ("model.graph", "decisions.space_maps")
 
     def run(self, ctx):
-        method = ctx.options.effective_repair
-        if method == "none" or not ctx.space_maps.maps:
-            return ctx
-        if ctx.options.validate and ctx.data is not None:  # what the repair recovers, in the report
-            ctx.report["validation_before_repair"] = compare(ctx.original, runnable(ctx.graph, ctx.original), ctx.data,
-                                                             ctx.options.device, original_path=ctx.original_path)
-        repair = repair_stats if method == "stats" else repair_lsq
-        ctx.report["repair"] = repair(ctx.graph, ctx.original, ctx.before_fuse, ctx.analysis, ctx.space_maps,
-                                      ctx.calib, log=ctx.log)
-        return ctx
+        method, model, cal = ctx.options.effective_repair, ctx.model, ctx.calibration
+        if method == "none" or not ctx.decisions.space_maps.maps:
+            return
+        if ctx.options.validate and cal.data is not None:  # what the repair recovers, in the report
+            ctx.report["validation_before_repair"] = compare(model.original, runnable(model.graph, model.original),
+                                                             cal.data, ctx.options.device,
+                                                             original_path=model.original_path)
+        job = RepairJob(model.graph, model.original, model.before_fuse, model.analysis, ctx.decisions.space_maps,
+                        cal.calib, ctx.options.seed)
+        ctx.report["repair"] = REPAIRS.get(method)(job)

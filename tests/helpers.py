@@ -53,12 +53,12 @@ def zero_dropped_channels(model: onnx.ModelProto, sparsity: float, *, fold_bn: b
     lowest magnitude importance, and since no consumer reads them, removing them must reproduce
     this model's outputs."""
     from onnxfuse import pipeline
-    from onnxfuse.normalize import export_model
-    from onnxfuse.planning import keep_count
+    from onnxfuse.graph.convert import export_model
+    from onnxfuse.planning.counts import keep_count
 
-    ctx = pipeline.run(pipeline.Context(pipeline.Options(fold_bn=fold_bn), model), stop_after="analyze")
-    tensors = ctx.graph.tensors()
-    for group in ctx.analysis.prunable:
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(fold_bn=fold_bn), model), stop_after="analyze")
+    tensors = ctx.model.graph.tensors()
+    for group in ctx.model.analysis.prunable:
         dropped = np.arange(group.width - keep_count(group.width, sparsity))
         for member in group.members:
             if not member.scored:
@@ -67,7 +67,7 @@ def zero_dropped_channels(model: onnx.ModelProto, sparsity: float, *, fold_bn: b
             moved = np.moveaxis(values, member.axis, 0)
             moved[group.positions[member.space][dropped].ravel()] = 0
             tensors[member.tensor].values = values
-    return export_model(ctx.graph, model)
+    return export_model(ctx.model.graph, model)
 
 
 def run_cli(argv, capsys) -> tuple[int, str, str]:

@@ -9,15 +9,15 @@ import onnx
 
 import onnxfuse
 from onnxfuse import pipeline
-from onnxfuse.allocate import allocate
-from onnxfuse.planning import estimated_mac_ratio
+from onnxfuse.planning.counts import estimated_mac_ratio
+from onnxfuse.planning.sensitivity import allocate
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDED = ROOT / "models" / "tinyres_fmnist_folded.onnx"
 
 
 def _analysis():
-    return pipeline.run(pipeline.Context(pipeline.Options(), onnx.load(FOLDED)), stop_after="analyze").analysis
+    return pipeline.run(pipeline.Context.for_model(pipeline.Options(), onnx.load(FOLDED)), stop_after="analyze").model.analysis
 
 
 def test_a_sensitive_group_is_spared():
@@ -47,8 +47,8 @@ def test_sensitivity_allocation_meets_the_budget_and_is_not_worse_than_uniform(t
 
 
 def test_probes_judge_the_repair_on_samples_it_did_not_fit():
-    from onnxfuse.allocate import PROBE_SAMPLES, split_calibration
-    from onnxfuse.data import Dataset
+    from onnxfuse.calibration.data import Dataset
+    from onnxfuse.planning.probes import PROBE_SAMPLES, split_calibration
 
     for n in (2, 9, 256, 2000):
         x = np.arange(n, dtype=np.float32)[:, None]

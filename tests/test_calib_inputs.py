@@ -14,10 +14,10 @@ from onnx import TensorProto, helper
 from PIL import Image
 
 from onnxfuse import api
+from onnxfuse.calibration.data import load_calibration
+from onnxfuse.calibration.images import Preprocess
 from onnxfuse.cli import main
-from onnxfuse.data import load_calibration
 from onnxfuse.errors import OnnxfuseError
-from onnxfuse.images import Preprocess
 from onnxfuse.pipeline import Options
 from tests.helpers import run_cli
 
@@ -70,7 +70,7 @@ def images(tmp_path_factory) -> Path:
 
 
 def _one(folder: Path, model: onnx.ModelProto, **pre) -> np.ndarray:
-    data = load_calibration(folder, model, preprocess=Preprocess(**pre), log=lambda msg: None)
+    data = load_calibration(folder, model, preprocess=Preprocess(**pre))
     (array,) = data.feeds.values()
     return array
 
@@ -159,9 +159,9 @@ def test_preprocess_errors(tmp_path, shape, pre, match):
         _one(tmp_path, identity(shape), **pre)
 
 
-def test_folder_reading_order_and_skipped_files(images):
-    messages = []
-    data = load_calibration(images, onnx.load(TINYRES), log=messages.append)
+def test_folder_reading_order_and_skipped_files(images, capsys):
+    data = load_calibration(images, onnx.load(TINYRES))
+    messages = capsys.readouterr().err.splitlines()
     x = data.feeds["input"]
     assert x.shape == (10, 1, 28, 28) and x.dtype == np.float32
     assert messages == [f"warning: {images}: skipped 2 file(s) that are not images"]
@@ -175,11 +175,11 @@ def test_folder_reading_order_and_skipped_files(images):
 
 
 def test_calib_samples_bound_and_seed(images, tmp_path):
-    model, quiet = onnx.load(TINYRES), (lambda msg: None)
-    full = load_calibration(images, model, log=quiet).feeds["input"]
+    model = onnx.load(TINYRES)
+    full = load_calibration(images, model).feeds["input"]
 
     def rows(samples, seed):
-        x = load_calibration(images, model, samples=samples, seed=seed, log=quiet).feeds["input"]
+        x = load_calibration(images, model, samples=samples, seed=seed).feeds["input"]
         return [next(i for i in range(len(full)) if np.array_equal(full[i], row)) for row in x]
 
     a, b, c = rows(4, 0), rows(4, 0), rows(4, 1)
@@ -227,7 +227,7 @@ def test_calib_make_writes_the_cli_contract(made, images):
         x = f["input"]
     assert x.shape == (8, 1, 28, 28) and x.dtype == np.float32
     assert x.max() > 1.5  # raw pixel values, not scaled
-    full = load_calibration(images, onnx.load(TINYRES), log=lambda m: None).feeds["input"]
+    full = load_calibration(images, onnx.load(TINYRES)).feeds["input"]
     np.testing.assert_array_equal(x, full[np.sort(np.random.default_rng(5).choice(10, 8, replace=False))])
     assert not [p for p in made["folder"].iterdir() if p.name.startswith(".")]  # no temp file left
 
@@ -344,13 +344,12 @@ def test_corrupt_image_is_one_line(work, capsys):
 
 
 def test_api_make_calibration_without_output(images):
-    data = api.make_calibration(images, TINYRES, samples=2, seed=0, log=lambda m: None)
+    data = api.make_calibration(images, TINYRES, samples=2, seed=0)
     assert data.feeds["input"].shape == (2, 1, 28, 28)
 
 
-def test_preprocess_options_on_an_npz_warn(tmp_path):
+def test_preprocess_options_on_an_npz_warn(tmp_path, capsys):
     np.savez(tmp_path / "d.npz", input=np.zeros((3, 1, 28, 28), np.float32))
-    messages = []
-    data = load_calibration(tmp_path / "d.npz", onnx.load(TINYRES), preprocess=Preprocess(scale=0.5),
-                            log=messages.append)
+    data = load_calibration(tmp_path / "d.npz", onnx.load(TINYRES), preprocess=Preprocess(scale=0.5))
+    messages = capsys.readouterr().err.splitlines()
     assert len(data) == 3 and messages and "ignored" in messages[0]

@@ -11,8 +11,9 @@ from onnx import numpy_helper
 
 import onnxfuse
 from onnxfuse import pipeline
-from onnxfuse.channelmap import GroupMap
-from onnxfuse.fusion import FusionOptions, fusion_map, transport_plan
+from onnxfuse.methods.channelmap import GroupMap
+from onnxfuse.methods.intra_fusion import FusionOptions, fusion_map
+from onnxfuse.methods.ot import transport_plan
 from tests.helpers import run
 from tests.netbuilder import Net
 
@@ -71,9 +72,9 @@ def test_fusing_exact_duplicates_reproduces_outputs(widened, normalization):
 def test_fusion_pairs_every_channel_with_its_copy(widened):
     options = pipeline.Options(sparsity=0.5, method="fuse", ignore=tuple(OTHER_GROUPS),
                                fusion=FusionOptions(normalization="average"))
-    ctx = pipeline.run(pipeline.Context(options, widened), stop_after="fuse")
-    [group] = ctx.analysis.prunable
-    gmap = ctx.maps[group.id]
+    ctx = pipeline.run(pipeline.Context.for_model(options, widened), stop_after="fuse")
+    [group] = ctx.model.analysis.prunable
+    gmap = ctx.decisions.maps[group.id]
     assert list(gmap.kept) == list(range(32))  # every first copy is kept
     target = gmap.consumer.argmax(axis=0)  # where each of the 64 channels sends its mass
     assert list(target) == list(range(32)) * 2
@@ -121,14 +122,14 @@ def test_exact_plan_on_dropped_channels_equals_full_emd(width, keep, p, marginal
     plan must be the one POT finds on the whole n × m problem."""
     import ot
 
-    from onnxfuse.fusion import _unit_rows, pairwise_cost
+    from onnxfuse.methods.ot import pairwise_cost, unit_rows
 
     rng = np.random.default_rng(width + keep + p)
     features = rng.standard_normal((width, 50))
     scores = rng.uniform(0.5, 2.0, width)
     kept = np.sort(rng.choice(width, keep, replace=False))
     plan = transport_plan(features, kept, scores, FusionOptions(marginals=marginals, p=p))
-    unit = _unit_rows(features.astype(np.float32))
+    unit = unit_rows(features.astype(np.float32))
     cost = pairwise_cost(unit, unit[kept], p)
     a = np.full(width, 1 / width) if marginals == "uniform" else scores / scores.sum()
     b = np.full(keep, 1 / keep) if marginals == "uniform" else scores[kept] / scores[kept].sum()
@@ -141,8 +142,8 @@ def _small_group():
     n = Net()
     y = n.relu(n.conv("x", 3, 12))
     model = n.model(n.conv(y, 12, 4))
-    ctx = pipeline.run(pipeline.Context(pipeline.Options(), model), stop_after="score")
-    [group] = ctx.analysis.prunable
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(), model), stop_after="score")
+    [group] = ctx.model.analysis.prunable
     return ctx, group
 
 
@@ -150,7 +151,7 @@ def _small_group():
 def test_map_normalisations(normalization):
     ctx, group = _small_group()
     kept = np.array([0, 3, 5, 8, 10])
-    gmap = fusion_map(group, ctx.graph.tensors(), kept, ctx.scores[group.id],
+    gmap = fusion_map(group, ctx.model.graph.tensors(), kept, ctx.decisions.scores[group.id],
                       FusionOptions(normalization=normalization))
     np.testing.assert_allclose(gmap.consumer.sum(axis=0), 1.0)  # each channel hands on all its mass
     np.testing.assert_allclose(gmap.param.sum(axis=1), 1.0)  # per-channel params are averaged
@@ -165,11 +166,11 @@ def test_map_normalisations(normalization):
 def test_prune_is_fusion_with_a_selection_map(monkeypatch):
     """One apply path: `fuse` whose transport map is replaced by the selection of the kept
     channels writes exactly the model `prune` writes."""
-    import onnxfuse.passes.fuse
+    import onnxfuse.methods.intra_fusion
 
     model = onnx.load(FOLDED)
     pruned = onnxfuse.compress(model, 0.5, method="prune", validate=False, quiet=True)[0]
-    monkeypatch.setattr(onnxfuse.passes.fuse, "fusion_map",
+    monkeypatch.setattr(onnxfuse.methods.intra_fusion, "fusion_map",
                         lambda group, tensors, kept, *_: GroupMap.selection(group.width, kept))
     fused = onnxfuse.compress(model, 0.5, method="fuse", validate=False, quiet=True)[0]
     assert fused.SerializeToString() == pruned.SerializeToString()
@@ -179,7 +180,7 @@ def test_prune_is_fusion_with_a_selection_map(monkeypatch):
 
 def test_l1_cost_paths_agree():
     """SciPy computes small L1 cost matrices, a numba kernel the large ones: same distances."""
-    from onnxfuse.fusion import _l1_kernel, pairwise_cost
+    from onnxfuse.methods.ot import _l1_kernel, pairwise_cost
 
     x = np.random.default_rng(0).normal(size=(64, 300))
     small = pairwise_cost(x, x[:32], 1)

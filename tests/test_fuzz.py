@@ -166,11 +166,11 @@ def _names(model: onnx.ModelProto, kind: str) -> list[str]:
 def _analyze(model: onnx.ModelProto, fold_bn: bool):
     from onnxfuse import pipeline
 
-    return pipeline.run(pipeline.Context(pipeline.Options(fold_bn=fold_bn), model), stop_after="analyze")
+    return pipeline.run(pipeline.Context.for_model(pipeline.Options(fold_bn=fold_bn), model), stop_after="analyze")
 
 
 def _prunable(ctx) -> list:
-    return sorted((g.width, tuple(g.nodes("producer"))) for g in ctx.analysis.prunable)
+    return sorted((g.width, tuple(g.nodes("producer"))) for g in ctx.model.analysis.prunable)
 
 
 def prune_oracle(model: onnx.ModelProto, sparsity: float, round_to: int, fold_bn: bool) -> onnx.ModelProto:
@@ -181,24 +181,24 @@ def prune_oracle(model: onnx.ModelProto, sparsity: float, round_to: int, fold_bn
     Normalisation is repeated until the prunable groups stop changing: a second pass can find more
     (see test_normalize_is_idempotent), and the oracle must zero the groups that compressing the
     oracle itself will shrink."""
-    from onnxfuse.normalize import export_model
-    from onnxfuse.planning import keep_count
+    from onnxfuse.graph.convert import export_model
+    from onnxfuse.planning.counts import keep_count
 
     ctx = _analyze(model, fold_bn)
     for _ in range(3):
-        again = _analyze(export_model(ctx.graph, model), fold_bn)
+        again = _analyze(export_model(ctx.model.graph, model), fold_bn)
         if _prunable(again) == _prunable(ctx):
             break
         ctx = again
-    tensors = ctx.graph.tensors()
-    for group in ctx.analysis.prunable:
+    tensors = ctx.model.graph.tensors()
+    for group in ctx.model.analysis.prunable:
         dropped = np.arange(group.width - keep_count(group.width, sparsity, round_to))
         for member in group.members:
             if member.scored:
                 values = np.array(tensors[member.tensor].values)
                 np.moveaxis(values, member.axis, 0)[group.positions[member.space][dropped].ravel()] = 0
                 tensors[member.tensor].values = values
-    return export_model(ctx.graph, model)
+    return export_model(ctx.model.graph, model)
 
 
 def _assert_close(names, expected, actual, what: str) -> None:
@@ -292,13 +292,13 @@ def test_normalize_is_idempotent():
     Shape→Gather→Add→Div→Mul; normalize used to fold constants before inferring shapes, so the C2f
     groups stayed frozen ('Slice with computed bounds') on the first pass and became prunable only
     after a second one (2 → 5 prunable groups here). Fixed in 8e0d590."""
-    from onnxfuse.normalize import export_model
+    from onnxfuse.graph.convert import export_model
 
     spec = Spec(stem=4, blocks=(("split", 2, "chunk", 4),), head=("gap", 0))
     model = onnx.load_from_string(_torchscript(spec, 17, False, False))
     ctx = _analyze(model, True)
     assert len(_prunable(ctx)) == 5
-    assert _prunable(_analyze(export_model(ctx.graph, model), True)) == _prunable(ctx)
+    assert _prunable(_analyze(export_model(ctx.model.graph, model), True)) == _prunable(ctx)
 
 
 def _tiny_model_with_constant_node() -> onnx.ModelProto:

@@ -12,9 +12,10 @@ import pytest
 from onnx_graphsurgeon.ir.tensor import LazyValues
 
 import onnxfuse
-from onnxfuse import graphio, pipeline
-from onnxfuse.latency import LatencyProbe, pruned_probe
-from onnxfuse.normalize import ExternalValues
+from onnxfuse import pipeline
+from onnxfuse.graph import io as graphio
+from onnxfuse.graph.convert import ExternalValues
+from onnxfuse.planning.latency import LatencyProbe
 from tests.helpers import run, run_cli
 from tests.netbuilder import Net
 
@@ -38,10 +39,10 @@ def _digest(path) -> str:
 def test_weights_stay_in_their_file_until_used(tmp_path):
     path = tmp_path / "ext.onnx"
     _save_external(_model(), path)
-    ctx = pipeline.run(pipeline.Context(pipeline.Options(), str(path)), stop_after="analyze")
-    assert ctx.weights_dir == str(tmp_path)
-    assert not any(t.HasField("raw_data") for t in ctx.original.graph.initializer)  # the proto holds no copy
-    convs = [n for n in ctx.graph.nodes if n.op == "Conv"]
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(), str(path)), stop_after="analyze")
+    assert ctx.model.weights_dir == str(tmp_path)
+    assert not any(t.HasField("raw_data") for t in ctx.model.original.graph.initializer)  # the proto holds no copy
+    convs = [n for n in ctx.model.graph.nodes if n.op == "Conv"]
     assert all(isinstance(n.inputs[1]._values, ExternalValues) for n in convs[1:])  # not read yet (BN folded the first)
 
 
@@ -49,9 +50,9 @@ def test_result_holds_the_weights_once(tmp_path):
     """After emit the graph's constants read their values from the result proto: no second copy."""
     path = tmp_path / "ext.onnx"
     _save_external(_model(), path)
-    ctx = pipeline.run(pipeline.Context(pipeline.Options(validate=False), str(path)))
-    initializers = {t.name: t for t in ctx.result.graph.initializer}
-    constants = [t for t in ctx.graph.tensors().values() if isinstance(t, gs.Constant) and t.name in initializers]
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(validate=False), str(path)))
+    initializers = {t.name: t for t in ctx.model.result.graph.initializer}
+    constants = [t for t in ctx.model.graph.tensors().values() if isinstance(t, gs.Constant) and t.name in initializers]
     large = [t for t in constants if np.prod(t.shape) * 4 > 4096]
     assert large and all(isinstance(t._values, LazyValues) and not isinstance(t._values, ExternalValues)
                          for t in large)
@@ -137,9 +138,9 @@ def test_latency_target_and_calibration_on_an_external_data_model(tmp_path):
     _save_external(model, path)
     np.savez(tmp_path / "calib.npz", x=n.input(batch=8))
     calib = str(tmp_path / "calib.npz")
-    ctx = pipeline.run(pipeline.Context(pipeline.Options(), str(path)), stop_after="analyze")
-    probe = LatencyProbe(ctx.original, "cpu", 2, source=ctx.model_source)
-    assert probe.ratio(pruned_probe(ctx, sparsity=0.5, only_groups=(ctx.analysis.prunable[0].id,)), runs=3) > 0
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(), str(path)), stop_after="analyze")
+    probe = LatencyProbe(ctx.model.original, "cpu", 2, source=ctx.model.model_source)
+    assert probe.ratio(ctx.probes.pruned(sparsity=0.5, only_groups=(ctx.model.analysis.prunable[0].id,)), runs=3) > 0
     _, report = onnxfuse.compress(str(path), target_macs=0.5, allocate="sensitivity", calib=calib, repair="lsq",
                                   quiet=True)
     assert report["macs_after"] <= 0.5 * report["macs_before"]

@@ -13,8 +13,10 @@ import onnxruntime as ort
 import pytest
 
 import onnxfuse
+import onnxfuse.reporting.summary
 from onnxfuse import pipeline
-from onnxfuse.latency import LatencyProbe, cpu_channel_block
+from onnxfuse.planning.latency import LatencyProbe
+from onnxfuse.runtime.timing import cpu_channel_block
 from tests.helpers import run_cli
 from tests.test_bad_input import assert_user_error, conv_relu_conv, single_conv
 
@@ -96,7 +98,7 @@ def test_round_to_auto_per_device(monkeypatch):
     assert pipeline.Options().round_to == "auto"
     assert pipeline.auto_round_to(pipeline.Options(device="cpu")) == 1
     assert pipeline.auto_round_to(pipeline.Options(device="cpu", target_latency=0.5)) == cpu_channel_block()
-    monkeypatch.setattr(pipeline, "resolved_device", lambda device: "cuda")
+    monkeypatch.setattr(pipeline.options, "resolved_device", lambda device: "cuda")
     assert pipeline.auto_round_to(pipeline.Options()) == 8
     _, report = onnxfuse.compress(single_conv(), 0.5, validate=False, quiet=True, device="cuda")
     assert report["options"]["round_to"] == 8
@@ -209,12 +211,12 @@ def test_latency_model_with_efficiency_one_is_the_mac_model():
     compounding included (both sides of a conv shrunk)."""
     import numpy as np
 
-    from onnxfuse.allocate import LEVELS, importance_damage
-    from onnxfuse.latency import LATENCY_LEVELS, LatencyModel
-    from onnxfuse.planning import estimated_mac_ratio, keep_count
+    from onnxfuse.planning.counts import estimated_mac_ratio, keep_count
+    from onnxfuse.planning.latency import LATENCY_LEVELS, LatencyModel
+    from onnxfuse.planning.sensitivity import LEVELS, importance_damage
 
-    ctx = pipeline.run(pipeline.Context(pipeline.Options(round_to=1), str(TINYRES)), stop_after="score")
-    analysis, groups = ctx.analysis, ctx.analysis.prunable
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(round_to=1), str(TINYRES)), stop_after="score")
+    analysis, groups = ctx.model.analysis, ctx.model.analysis.prunable
     savings = {g.id: np.array([1 - estimated_mac_ratio(analysis, {g.id: keep_count(g.width, s)})
                                for s in LATENCY_LEVELS]) for g in groups}
     model = LatencyModel(analysis, savings)
@@ -224,7 +226,7 @@ def test_latency_model_with_efficiency_one_is_the_mac_model():
     halved = LatencyModel(analysis, {g: v / 2 for g, v in savings.items()})
     counts = {g.id: keep_count(g.width, 0.5) for g in groups}
     assert 1 - halved.ratio(counts) == pytest.approx((1 - estimated_mac_ratio(analysis, counts)) / 2)
-    damage = importance_damage(groups, ctx.scores, LEVELS)
+    damage = importance_damage(groups, ctx.decisions.scores, LEVELS)
     for g in groups:
         values = [damage[g.id][s] for s in (0.0, *LEVELS)]
         assert values[0] == 0 and values == sorted(values) and values[-1] < 1
@@ -232,8 +234,8 @@ def test_latency_model_with_efficiency_one_is_the_mac_model():
 
 @pytest.mark.parametrize("round_to, hinted", [(1, True), (16, False)])
 def test_summary_hints_at_the_cpu_channel_block(monkeypatch, round_to, hinted):
-    monkeypatch.setattr(onnxfuse.api, "cpu_channel_block", lambda: 16)  # the block differs between CPUs
+    monkeypatch.setattr(onnxfuse.reporting.summary, "cpu_channel_block", lambda: 16)  # the block differs between CPUs
     model = str(Path(__file__).parents[1] / "models" / "resnet18_fmnist_folded.onnx")
     _, report = onnxfuse.compress(model, 0.5, round_to=round_to, validate=False, quiet=True)
-    assert ("hint: " in onnxfuse.api.summary(report)) == hinted
+    assert ("hint: " in onnxfuse.reporting.summary.summary(report)) == hinted
     assert all(g["kept"] % 16 == 0 for g in report["groups"] if "kept" in g) != hinted

@@ -14,7 +14,7 @@ from tests.netbuilder import Net
 
 
 def _normalized(model, **options):
-    return pipeline.run(pipeline.Context(pipeline.Options(**options), model), stop_after="analyze")
+    return pipeline.run(pipeline.Context.for_model(pipeline.Options(**options), model), stop_after="analyze")
 
 
 def _constant_node_weights() -> onnx.ModelProto:
@@ -36,9 +36,9 @@ def _constant_node_weights() -> onnx.ModelProto:
 def test_constant_nodes_become_initializers_and_identities_go():
     model = _constant_node_weights()
     ctx = _normalized(model)
-    ops = [n.op for n in ctx.graph.nodes]
+    ops = [n.op for n in ctx.model.graph.nodes]
     assert "Constant" not in ops and "Identity" not in ops
-    assert [g.width for g in ctx.analysis.prunable] == [8]
+    assert [g.width for g in ctx.model.analysis.prunable] == [8]
     x = Net().input()
     compressed, _ = onnxfuse.compress(model, 0.0, validate=False, quiet=True)
     np.testing.assert_allclose(run(compressed, x)[0], run(model, x)[0], atol=1e-5)
@@ -51,7 +51,7 @@ def test_bias_add_and_batchnorm_fold_into_the_conv_with_eps():
     y = n.relu(n.bn(y, 8))  # epsilon 1e-3, not the default
     model = n.model(n.conv(y, 8, 4))
     ctx = _normalized(model)
-    assert [node.op for node in ctx.graph.nodes] == ["Conv", "Relu", "Conv"]
+    assert [node.op for node in ctx.model.graph.nodes] == ["Conv", "Relu", "Conv"]
     assert ctx.report["normalize"] == ["1 bias Adds folded into Conv", "1 BatchNormalization folded into Conv/Gemm"]
     compressed, _ = onnxfuse.compress(model, 0.0, validate=False, quiet=True)
     x = n.input()
@@ -92,8 +92,8 @@ def test_constant_subgraphs_fold():
     y = n.relu(n.op("Add", [y, bias]))
     model = n.model(n.conv(y, 8, 4))
     ctx = _normalized(model)
-    assert [node.op for node in ctx.graph.nodes] == ["Conv", "Relu", "Conv"]
-    assert [g.width for g in ctx.analysis.prunable] == [8]
+    assert [node.op for node in ctx.model.graph.nodes] == ["Conv", "Relu", "Conv"]
+    assert [g.width for g in ctx.model.analysis.prunable] == [8]
 
 
 def test_external_data_models_are_written_as_external_data(tmp_path, capsys):

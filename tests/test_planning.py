@@ -11,8 +11,8 @@ import pytest
 import onnxfuse
 from onnxfuse import pipeline
 from onnxfuse.errors import OnnxfuseError
-from onnxfuse.importance import IMPORTANCE
-from onnxfuse.planning import keep_count, keep_counts
+from onnxfuse.methods.importance import IMPORTANCES
+from onnxfuse.planning.counts import keep_count, keep_counts
 from tests.helpers import run, zero_dropped_channels
 from tests.netbuilder import Net
 
@@ -27,14 +27,14 @@ CALIB = ROOT / "models" / "data" / "fmnist_calib512.npz"
 def _scored(importance: str, fold_bn: bool = True, seed: int = 0):
     calib = str(CALIB) if importance == "act" else None  # activation importance reads calibration data
     options = pipeline.Options(importance=importance, fold_bn=fold_bn, seed=seed, calib=calib)
-    return pipeline.run(pipeline.Context(options, onnx.load(BN)), stop_after="score")
+    return pipeline.run(pipeline.Context.for_model(options, onnx.load(BN)), stop_after="score")
 
 
-@pytest.mark.parametrize("importance", sorted(IMPORTANCE))
+@pytest.mark.parametrize("importance", sorted(IMPORTANCES))
 def test_every_criterion_scores_every_group(importance):
     ctx = _scored(importance, fold_bn=importance != "bn_scale")
-    for group in ctx.analysis.prunable:
-        scores = ctx.scores[group.id]
+    for group in ctx.model.analysis.prunable:
+        scores = ctx.decisions.scores[group.id]
         assert scores.shape == (group.width,)
         assert np.isfinite(scores).all() and (scores >= 0).all()
 
@@ -45,9 +45,9 @@ def test_zero_channels_rank_last(importance):
     n = Net()
     model = zero_dropped_channels(n.model(n.conv(n.relu(n.conv("x", 3, 8)), 8, 4)), 0.5)
     if importance in ("l1", "l2", "lamp"):
-        ctx = pipeline.run(pipeline.Context(pipeline.Options(importance=importance), model), stop_after="score")
-        [group] = ctx.analysis.prunable
-        assert set(np.argsort(ctx.scores[group.id])[:4]) == {0, 1, 2, 3}
+        ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(importance=importance), model), stop_after="score")
+        [group] = ctx.model.analysis.prunable
+        assert set(np.argsort(ctx.decisions.scores[group.id])[:4]) == {0, 1, 2, 3}
     compressed, _ = onnxfuse.compress(model, 0.5, importance=importance, validate=False, quiet=True)
     x = n.input()
     if importance != "fpgm":  # FPGM keeps channels far from the others; the zero ones are not removed first
@@ -55,33 +55,33 @@ def test_zero_channels_rank_last(importance):
 
 
 def test_random_importance_is_seeded():
-    a, b, c = (_scored("random", seed=s).scores for s in (1, 1, 2))
+    a, b, c = (_scored("random", seed=s).decisions.scores for s in (1, 1, 2))
     assert all(np.array_equal(a[g], b[g]) for g in a)
     assert not all(np.array_equal(a[g], c[g]) for g in a)
 
 
 def test_activation_importance_needs_calibration_data():
     with pytest.raises(OnnxfuseError, match="calib"):
-        pipeline.run(pipeline.Context(pipeline.Options(importance="act"), onnx.load(BN)), stop_after="score")
+        pipeline.run(pipeline.Context.for_model(pipeline.Options(importance="act"), onnx.load(BN)), stop_after="score")
 
 
 def test_bn_scale_needs_batchnorm_nodes():
     with pytest.raises(OnnxfuseError, match="keep-bn"):
         _scored("bn_scale", fold_bn=True)
     ctx = _scored("bn_scale", fold_bn=False)
-    assert ctx.scores
+    assert ctx.decisions.scores
 
 
 def test_global_ranking_meets_the_total_and_respects_the_cap():
     ctx = _scored("l1")
-    groups = ctx.analysis.prunable
+    groups = ctx.model.analysis.prunable
     total = sum(g.width for g in groups)
-    counts = keep_counts(groups, ctx.scores, 0.5, global_ranking=True)
+    counts = keep_counts(groups, ctx.decisions.scores, 0.5, global_ranking=True)
     assert sum(counts.values()) == int(total * 0.5)
     assert len({counts[g.id] / g.width for g in groups}) > 1  # not uniform
-    capped = keep_counts(groups, ctx.scores, 0.5, global_ranking=True, max_sparsity=0.6)
+    capped = keep_counts(groups, ctx.decisions.scores, 0.5, global_ranking=True, max_sparsity=0.6)
     assert all(capped[g.id] >= g.width - int(g.width * 0.6) for g in groups)
-    uniform = keep_counts(groups, ctx.scores, 0.5, round_to=8)
+    uniform = keep_counts(groups, ctx.decisions.scores, 0.5, round_to=8)
     assert all(uniform[g.id] % 8 == 0 and uniform[g.id] == keep_count(g.width, 0.5, 8) for g in groups)
 
 

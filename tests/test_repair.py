@@ -8,11 +8,11 @@ import numpy as np
 import pytest
 
 from onnxfuse import pipeline
-from onnxfuse.capture import channel_stats
-from onnxfuse.data import Dataset, load_npz
-from onnxfuse.fusion import FusionOptions
-from onnxfuse.graphio import load_model
-from onnxfuse.repair import producer_members
+from onnxfuse.calibration.capture import channel_stats
+from onnxfuse.calibration.data import Dataset, load_npz
+from onnxfuse.graph.io import load_model
+from onnxfuse.methods.intra_fusion import FusionOptions
+from onnxfuse.repair.stats import producer_members
 from tests.helpers import run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -29,7 +29,7 @@ def test_channel_stats_match_numpy():
     model, data = load_model(FOLDED), _calib(64)
     name = "/stem/stem.0/Conv_output_0"
     stats = channel_stats(model, data, {name: 1}, batch_size=16)[name]
-    from onnxfuse.capture import with_outputs
+    from onnxfuse.calibration.capture import with_outputs
 
     full = run(with_outputs(model, [name]), data.feeds["input"])[1]
     np.testing.assert_allclose(stats.mean, full.mean(axis=(0, 2, 3)), rtol=1e-5, atol=1e-6)
@@ -43,13 +43,13 @@ def test_stats_repair_matches_the_target_statistics(method, normalization, tmp_p
     np.savez(tmp_path / "calib.npz", input=data.feeds["input"])
     options = pipeline.Options(sparsity=0.5, method=method, fusion=FusionOptions(normalization=normalization),
                                calib=str(tmp_path / "calib.npz"), validate=False)
-    ctx = pipeline.run(pipeline.Context(options, str(FOLDED)), stop_after="emit")
-    maps = ctx.space_maps
-    units = [(ctx.analysis.groups[gid], m.space) for gid in maps.maps
-             for m in producer_members(ctx.analysis.groups[gid])]
+    ctx = pipeline.run(pipeline.Context.for_model(options, str(FOLDED)), stop_after="emit")
+    maps = ctx.decisions.space_maps
+    units = [(ctx.model.analysis.groups[gid], m.space) for gid in maps.maps
+             for m in producer_members(ctx.model.analysis.groups[gid])]
     tensors = {space[0]: space[1] for _, space in units}
-    before = channel_stats(ctx.before_fuse, data, tensors)
-    after = channel_stats(ctx.result, data, tensors)
+    before = channel_stats(ctx.model.before_fuse, data, tensors)
+    after = channel_stats(ctx.model.result, data, tensors)
     assert len(units) == 7 and len(ctx.report["repair"]) == 7
     for group, space in units:
         average = maps.maps[group.id].param
@@ -94,12 +94,12 @@ def test_lsq_reproduces_a_linear_consumer_when_kept_channels_span_the_removed(tm
     np.savez(tmp_path / "calib.npz", x=x)
     options = pipeline.Options(sparsity=0.5, method="prune", repair="lsq", calib=str(tmp_path / "calib.npz"),
                                validate=False)
-    ctx = pipeline.run(pipeline.Context(options, model), stop_after="emit")
-    assert [list(k) for k in ctx.keep.values()] == [[0, 1, 2, 3]]
+    ctx = pipeline.run(pipeline.Context.for_model(options, model), stop_after="emit")
+    assert [list(k) for k in ctx.decisions.keep.values()] == [[0, 1, 2, 3]]
     fresh = net.input(batch=8, seed=9)
-    want, got = run(model, fresh)[0], run(ctx.result, fresh)[0]
+    want, got = run(model, fresh)[0], run(ctx.model.result, fresh)[0]
     np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
-    plain = pipeline.run(pipeline.Context(pipeline.Options(sparsity=0.5, validate=False), model)).result
+    plain = pipeline.run(pipeline.Context.for_model(pipeline.Options(sparsity=0.5, validate=False), model)).model.result
     assert np.abs(run(plain, fresh)[0] - want).max() > 1e-2 * np.abs(want).max()  # without repair it is not
     [fit] = ctx.report["repair"]  # what the refit recovered, measured on sampled calibration positions
     pruned_error = np.linalg.norm(run(plain, x)[0] - run(model, x)[0]) / np.linalg.norm(run(model, x)[0])
@@ -116,8 +116,8 @@ def test_capture_survives_onnx_runtime_fusions(tmp_path):
     model = ROOT / "models" / "resnet18_fmnist_folded.onnx"
     options = pipeline.Options(sparsity=0.7, method="prune", repair="stats", calib=str(tmp_path / "calib.npz"),
                                validate=False)
-    ctx = pipeline.run(pipeline.Context(options, str(model)), stop_after="repair")
-    assert len(ctx.report["repair"]) == sum(len(producer_members(ctx.analysis.groups[g])) for g in ctx.space_maps.maps)
+    ctx = pipeline.run(pipeline.Context.for_model(options, str(model)), stop_after="repair")
+    assert len(ctx.report["repair"]) == sum(len(producer_members(ctx.model.analysis.groups[g])) for g in ctx.decisions.space_maps.maps)
 
 
 def test_capture_memory_does_not_grow_with_the_calibration_set():

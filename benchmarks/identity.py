@@ -1,0 +1,117 @@
+"""Byte-identity check across a refactoring: compress the five zoo models x {prune, fuse} x {no data,
+--calib (stats repair), --calib --repair lsq, --target-macs 0.5 --allocate sensitivity} through the CLI,
+and record the SHA-256 of every output model and its report (without timings), plus `inspect --json`.
+
+    python benchmarks/identity.py --record before.json     # on the old tree
+    python benchmarks/identity.py --check before.json      # on the new tree: lists every difference
+
+It runs the installed `onnxfuse` command of the current environment, so either tree can be measured
+from the same script (copy it next to an old checkout)."""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("tinyres", "resnet18", "vgg11bn", "mobilenetv2", "resnet50s")
+CALIB = "models/data/fmnist_calib512.npz"
+SETTINGS = {
+    "nodata": [],
+    "stats": ["--calib", CALIB],
+    "lsq": ["--calib", CALIB, "--repair", "lsq"],
+    "sensitivity": ["--calib", CALIB, "--target-macs", "0.5", "--allocate", "sensitivity"],
+}
+VOLATILE = {"seconds"}  # wall-clock figures
+
+
+def cases():
+    for model in MODELS:
+        for method in ("prune", "fuse"):
+            for setting, flags in SETTINGS.items():
+                yield f"{model}/{method}/{setting}", model, ["--method", method, *flags]
+
+
+def _digest(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _strip(value):
+    if isinstance(value, dict):
+        return {k: _strip(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_strip(v) for v in value]
+    return value
+
+
+def run_case(model: str, flags: list[str], out: Path) -> dict:
+    source = ROOT / "models" / f"{model}_fmnist_folded.onnx"
+    target, report = out / "out.onnx", out / "report.json"
+    subprocess.run(["onnxfuse", "compress", str(source), "-o", str(target), "--no-validate", "--report", str(report),
+                    *flags], cwd=ROOT, check=True, capture_output=True)
+    return {"model": _digest(target.read_bytes()), "report": _strip(json.loads(report.read_text()))}
+
+
+def run_inspect(model: str) -> dict:
+    source = ROOT / "models" / f"{model}_fmnist_folded.onnx"
+    done = subprocess.run(["onnxfuse", "inspect", str(source), "--json"], cwd=ROOT, check=True, capture_output=True)
+    return json.loads(done.stdout)
+
+
+def measure(only: str | None) -> dict:
+    results = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, model, flags in cases():
+            if only and only not in name:
+                continue
+            start = time.perf_counter()
+            results[name] = run_case(model, flags, Path(tmp))
+            print(f"{name}: {results[name]['model'][:12]} ({time.perf_counter() - start:.1f} s)", flush=True)
+    for model in MODELS:
+        if not only or only in model:
+            results[f"{model}/inspect"] = {"report": run_inspect(model)}
+    return results
+
+
+def differences(before, after, path="") -> list[str]:
+    if isinstance(before, dict) and isinstance(after, dict):
+        lines = []
+        for key in sorted(set(before) | set(after)):
+            where = f"{path}.{key}" if path else key
+            if key not in after:
+                lines.append(f"{where}: removed")
+            elif key not in before:
+                lines.append(f"{where}: added")
+            else:
+                lines += differences(before[key], after[key], where)
+        return lines
+    return [] if before == after else [f"{path}: {str(before)[:80]} -> {str(after)[:80]}"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--record", metavar="JSON")
+    action.add_argument("--check", metavar="JSON")
+    parser.add_argument("--only", help="run the cases whose name contains this text")
+    args = parser.parse_args()
+    results = measure(args.only)
+    if args.record:
+        Path(args.record).write_text(json.dumps(results, indent=1, sort_keys=True))
+        return 0
+    recorded = json.loads(Path(args.check).read_text())
+    lines = differences({k: v for k, v in recorded.items() if k in results}, results)
+    models_same = sum(recorded[k].get("model") == v.get("model") for k, v in results.items() if k in recorded)
+    print(f"{models_same} of {sum('model' in v for v in results.values())} output models byte-identical")
+    print("\n".join(lines) if lines else "no difference in models or reports")
+    return 1 if lines else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Channel relations: what an op rule (analysis/rules/) says about the channel spaces of a node.
+
+A channel space is one axis of one tensor, written `(tensor_name, axis)`. The analysis visits a
+space and asks every node that produces or consumes its tensor, through the op-rule registry, how
+that axis relates to the axes of the node's other tensors. A rule answers with relations:
+
+- `Couple(a, b)`: same width, channel i of a is channel i of b (elementwise ops, residual adds).
+- `Offset(whole, part, start)`: part[i] is whole[start + i] (Concat, Split, Slice).
+- `Expand(channel, flat, index)`: channel c of `channel` is the features `index[c, :]` of `flat`
+  (Flatten/Reshape of C×H×W into one axis, depthwise convs with a channel multiplier).
+- `Member(space, tensor, axis, role)`: a constant whose `axis` runs over the space and must be
+  rewritten when the space shrinks. Roles: `producer` (weight rows that write the channel),
+  `shift` (values added to the channel: biases, BN mean and shift, additive constants),
+  `consumer` (input columns) and `param` (per-channel multiplicative factors: BN scale/var,
+  PRelu slopes, depthwise kernels).
+  `scored` members count in magnitude importance (the Torch-Pruning definition: weights and BN
+  scales, no biases).
+- `Local(space, width)`: a channel space of one node's own (a grouped conv's per-group channels).
+- `Freeze(space, reason)`: the space must keep all its channels.
+- `Fixup(node, key, apply)`: an attribute or shape constant recomputed from the new widths.
+
+An op missing from the table freezes every space that reaches it: unknown means frozen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+Space = tuple[str, int]
+
+
+@dataclass(frozen=True)
+class Couple:
+    a: Space
+    b: Space
+
+
+@dataclass(frozen=True)
+class Offset:
+    whole: Space
+    part: Space
+    start: int
+
+
+@dataclass(frozen=True, eq=False)
+class Expand:
+    channel: Space
+    flat: Space
+    index: np.ndarray  # (channels, features per channel) positions in `flat`
+
+    def key(self):
+        return ("expand", self.channel, self.flat)
+
+
+@dataclass(frozen=True)
+class Member:
+    space: Space
+    tensor: str
+    axis: int
+    role: str  # producer | shift | consumer | param
+    node: str
+    scored: bool = False
+
+
+@dataclass(frozen=True)
+class Local:
+    """A channel space that belongs to one node (a grouped conv's per-group channels), tied to
+    activations by Expand relations and explored no further."""
+
+    space: Space
+    width: int
+
+
+@dataclass(frozen=True)
+class Freeze:
+    space: Space
+    reason: str
+
+
+@dataclass(frozen=True, eq=False)
+class Fixup:
+    node: str
+    key: str
+    apply: Callable = field(compare=False)  # apply(node, new_width: Callable[[Space], int], new_index)
+
+    def dedupe_key(self):
+        return ("fixup", self.node, self.key)
+
+
+Relation = Couple | Offset | Expand | Member | Local | Freeze | Fixup

@@ -1,0 +1,143 @@
+"""Elementwise and channel-preserving ops: activations, broadcasting arithmetic, pools, reductions,
+Softmax, Shape/Size."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...graph.view import GraphView, node_label
+from ..relations import Couple, Fixup, Freeze, Member
+from .common import first_input, first_output, norm_axis
+from .registry import register_op_rule
+
+
+@register_op_rule("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Dropout", "Identity", "Elu",
+                  "Selu", "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Neg", "Abs", "Sqrt", "Exp", "Log",
+                  "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "ThresholdedRelu", "Swish", "Sin", "Cos")
+def unary(node, tensor, axis, g: GraphView):
+    """Elementwise on the first input: every axis of input 0 is the same axis of output 0."""
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []  # a scalar side input (Clip min/max, Dropout ratio)
+    return [Couple((x.name, axis), (y.name, axis))]
+
+
+@register_op_rule("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "Resize",
+                  "Upsample")
+def spatial_pool(node, tensor, axis, g: GraphView):
+    """Pools, Resize, Upsample: batch and channel pass through, spatial axes change size."""
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []
+    if axis != 1:
+        return [Freeze((tensor.name, axis), f"{node.op} changes axis {axis} ({node_label(node)})")]
+    relations = [Couple((x.name, 1), (y.name, 1))]
+    if node.op == "Resize" and isinstance(g.input(node, 3), gs.Constant):
+        relations.append(Fixup(node_label(node), "sizes", _fix_resize_sizes))  # a target size per axis
+    return relations
+
+
+def _fix_resize_sizes(node: gs.Node, new_width, new_index):
+    sizes = np.array(node.inputs[3].values)
+    sizes[1] = new_width((node.outputs[0].name, 1))
+    node.inputs[3] = gs.Constant(f"{node.name}_sizes", sizes)
+
+
+@register_op_rule("ReduceMean", "ReduceMax", "ReduceMin", "ReduceSum", "ReduceL1", "ReduceL2", "ReduceProd",
+                  "ReduceLogSumExp", "ReduceSumSquare")
+def reduce(node, tensor, axis, g: GraphView):
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []
+    rank = g.rank(x)
+    axes = g.int_list(node, "axes", 1)
+    keepdims = int(node.attrs.get("keepdims", 1))
+    if rank is None:
+        return [Freeze((tensor.name, axis), f"unknown rank at {node_label(node)}")]
+    if axes is None:
+        if node.attrs.get("noop_with_empty_axes", 0):
+            return [Couple((x.name, axis), (y.name, axis))] if tensor in (x, y) else []
+        axes = list(range(rank))
+    axes = sorted(norm_axis(a, rank) for a in axes)
+    kept = [a for a in range(rank) if a not in axes]
+    if keepdims:
+        mapping = {a: a for a in kept}
+    else:
+        mapping = {a: i for i, a in enumerate(kept)}
+    if tensor is x:
+        if axis in axes:
+            return [Freeze((x.name, axis), f"{node.op} reduces over the channel axis ({node_label(node)})")]
+        return [Couple((x.name, axis), (y.name, mapping[axis]))]
+    inverse = {v: k for k, v in mapping.items()}
+    if axis not in inverse:
+        return [Freeze((y.name, axis), f"{node.op} output axis {axis} is reduced ({node_label(node)})")]
+    return [Couple((x.name, inverse[axis]), (y.name, axis))]
+
+
+ADDITIVE = {"Add", "Sub", "Sum"}
+
+
+@register_op_rule("Add", "Sub", "Mul", "Div", "Max", "Min", "Sum", "Pow")
+def broadcast(node, tensor, axis, g: GraphView):
+    """Add/Sub/Mul/Div/Max/Min/...: numpy broadcasting couples inputs whose axis has full size."""
+    y = first_output(node)
+    out_rank = g.rank(y)
+    if out_rank is None:
+        return [Freeze((tensor.name, axis), f"unknown shape at {node_label(node)}")]
+    if tensor is y:
+        out_axis = axis
+    else:
+        out_axis = axis + out_rank - g.rank(tensor)
+    width = g.dim(y, out_axis)
+    relations = []
+    for x in node.inputs:
+        if x.is_empty():
+            continue
+        rank = g.rank(x)
+        in_axis = out_axis - (out_rank - rank)
+        if in_axis < 0:
+            continue
+        dim = g.dim(x, in_axis)
+        if dim == 1 and width != 1:
+            continue  # broadcast along this axis: couples nothing
+        if dim != width or not isinstance(width, int):
+            return [Freeze((tensor.name, axis), f"cannot match broadcast shapes at {node_label(node)}")]
+        if isinstance(x, gs.Constant):
+            role = "shift" if node.op in ADDITIVE else "param"
+            relations.append(Member((y.name, out_axis), x.name, in_axis, role, node_label(node)))
+        else:
+            relations.append(Couple((x.name, in_axis), (y.name, out_axis)))
+    return relations
+
+
+@register_op_rule("PRelu")
+def prelu(node, tensor, axis, g: GraphView):
+    x, slope, y = node.inputs[0], node.inputs[1], first_output(node)
+    if tensor is slope:
+        return []
+    relations = [Couple((x.name, axis), (y.name, axis))]
+    rank, srank = g.rank(x), g.rank(slope)
+    s_axis = axis - (rank - srank)
+    if s_axis >= 0 and g.dim(slope, s_axis) not in (1, None):
+        if not isinstance(slope, gs.Constant):
+            return [Freeze((tensor.name, axis), f"PRelu with a computed slope ({node_label(node)})")]
+        relations.append(Member((x.name, axis), slope.name, s_axis, "param", node_label(node)))
+    return relations
+
+
+@register_op_rule("Softmax", "LogSoftmax")
+def softmax(node, tensor, axis, g: GraphView):
+    x, y = first_input(node), first_output(node)
+    rank = g.rank(x)
+    default = -1 if g.opset >= 13 else 1
+    sm_axis = norm_axis(int(node.attrs.get("axis", default)), rank)
+    if axis == sm_axis or (g.opset < 13 and axis > sm_axis):
+        return [Freeze((tensor.name, axis), f"{node.op} normalises over axis {axis} ({node_label(node)})")]
+    return [Couple((x.name, axis), (y.name, axis))]
+
+
+@register_op_rule("Shape", "Size")
+def reads_shape_only(node, tensor, axis, g: GraphView):
+    """Shape/Size read a tensor's shape at run time, so a narrower tensor just reads a new value."""
+    return []

@@ -1,0 +1,68 @@
+"""Gemm and MatMul with a constant 2-D weight (and ONNX Runtime's FusedGemm)."""
+
+from __future__ import annotations
+
+import onnx_graphsurgeon as gs
+
+from ...graph.view import GraphView, node_label
+from ..relations import Couple, Freeze, Member
+from .common import first_output
+from .registry import register_op_rule
+
+
+def gemm_seeds(node: gs.Node, g: GraphView) -> list:
+    x, y = node.inputs[0], node.outputs[0]
+    return [(x.name, 0 if node.attrs.get("transA", 0) else 1), (y.name, 1)]
+
+
+def matmul_seeds(node: gs.Node, g: GraphView) -> list:
+    x, y = node.inputs[0], node.outputs[0]
+    rank_x, rank_y = g.rank(x), g.rank(y)
+    if rank_x is None or rank_y is None:
+        return []
+    return [(x.name, rank_x - 1), (y.name, rank_y - 1)]
+
+
+@register_op_rule("Gemm", "com.microsoft.FusedGemm", seeds=gemm_seeds)
+def gemm(node, tensor, axis, g: GraphView):
+    a, w, y = node.inputs[0], node.inputs[1], first_output(node)
+    c = g.input(node, 2)
+    label = node_label(node)
+    if tensor is w or (tensor is c and isinstance(c, gs.Constant)):
+        return []
+    if not isinstance(w, gs.Constant):
+        return [Freeze((tensor.name, axis), f"Gemm with computed weights ({label})")]
+    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
+    feature_axis = 0 if trans_a else 1
+    if tensor is a:
+        if axis != feature_axis:
+            return [Freeze((a.name, axis), f"Gemm batch axis ({label})")]
+        return [Member((a.name, axis), w.name, 1 if trans_b else 0, "consumer", label, True)]
+    if tensor is y and axis != 1:
+        return [Freeze((y.name, axis), f"Gemm batch axis ({label})")]
+    relations = [Member((y.name, 1), w.name, 0 if trans_b else 1, "producer", label, True)]
+    if c is not None:
+        rank = g.rank(c)
+        if g.dim(c, -1) not in (1, None) and rank is not None:
+            if isinstance(c, gs.Constant):
+                relations.append(Member((y.name, 1), c.name, rank - 1, "shift", label))
+            else:
+                relations.append(Couple((c.name, rank - 1), (y.name, 1)))
+    return relations
+
+
+@register_op_rule("MatMul", seeds=matmul_seeds)
+def matmul(node, tensor, axis, g: GraphView):
+    a, w, y = node.inputs[0], node.inputs[1], first_output(node)
+    label = node_label(node)
+    if tensor is w:
+        return []
+    rank = g.rank(a)
+    if not isinstance(w, gs.Constant) or w.values.ndim != 2 or rank is None or rank < 2:
+        return [Freeze((tensor.name, axis), f"MatMul without a constant 2-D weight ({label})")]
+    last = rank - 1
+    if axis != last:
+        return [Couple((a.name, axis), (y.name, axis))]  # batch / token axes pass through
+    if tensor is a:
+        return [Member((a.name, last), w.name, 0, "consumer", label, True)]
+    return [Member((y.name, last), w.name, 1, "producer", label, True)]

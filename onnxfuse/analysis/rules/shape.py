@@ -1,0 +1,286 @@
+"""Ops that move channels between axes and tensors: Transpose, Squeeze/Unsqueeze, Pad, Concat, Split,
+Slice on the channel axis, and Flatten/Reshape of C×H×W into one feature axis."""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ...graph.view import GraphView, node_label
+from ..relations import Couple, Expand, Fixup, Freeze, Offset
+from .common import first_input, first_output, fix_reshape, norm_axis, replace_at
+from .norm import group_norm_pattern, group_norm_reshapes
+from .registry import register_op_rule
+
+
+@register_op_rule("Transpose")
+def transpose(node, tensor, axis, g: GraphView):
+    x, y = first_input(node), first_output(node)
+    rank = g.rank(x)
+    perm = node.attrs.get("perm") or list(reversed(range(rank or 0)))
+    if tensor is x:
+        return [Couple((x.name, axis), (y.name, list(perm).index(axis)))]
+    return [Couple((x.name, perm[axis]), (y.name, axis))]
+
+
+@register_op_rule("Squeeze", "Unsqueeze")
+def squeeze_like(node, tensor, axis, g: GraphView):
+    """Squeeze / Unsqueeze: axes are renumbered; the squeezed size-1 axes never carry channels."""
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []
+    in_rank, out_rank = g.rank(x), g.rank(y)
+    axes = g.int_list(node, "axes", 1)
+    if in_rank is None or out_rank is None or axes is None:
+        return [Freeze((tensor.name, axis), f"{node.op} with unknown axes ({node_label(node)})")]
+    if node.op == "Squeeze":
+        gone = {norm_axis(a, in_rank) for a in axes}
+        in_axes = [a for a in range(in_rank) if a not in gone]
+        out_axes = list(range(out_rank))
+    else:
+        added = {norm_axis(a, out_rank) for a in axes}
+        in_axes = list(range(in_rank))
+        out_axes = [a for a in range(out_rank) if a not in added]
+    pairs = dict(zip(in_axes, out_axes))
+    if tensor is x:
+        if axis not in pairs:
+            return [Freeze((x.name, axis), f"{node.op} removes axis {axis}")]
+        return [Couple((x.name, axis), (y.name, pairs[axis]))]
+    inverse = {v: k for k, v in pairs.items()}
+    if axis not in inverse:
+        return [Freeze((y.name, axis), f"{node.op} adds axis {axis}")]
+    return [Couple((x.name, inverse[axis]), (y.name, axis))]
+
+
+@register_op_rule("Pad")
+def pad(node, tensor, axis, g: GraphView):
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []
+    pads = g.int_list(node, "pads", 1)
+    rank = g.rank(x)
+    axes = g.int_list(node, "axes", 3) if len(node.inputs) > 3 else None
+    if pads is None or rank is None:
+        return [Freeze((tensor.name, axis), f"Pad with computed pads ({node_label(node)})")]
+    axes = [norm_axis(a, rank) for a in axes] if axes else list(range(rank))
+    n = len(axes)
+    padded = {a: (pads[i], pads[i + n]) for i, a in enumerate(axes)}
+    if padded.get(axis, (0, 0)) != (0, 0):
+        return [Freeze((tensor.name, axis), f"Pad pads the channel axis ({node_label(node)})")]
+    return [Couple((x.name, axis), (y.name, axis))]
+
+
+@register_op_rule("Concat")
+def concat(node, tensor, axis, g: GraphView):
+    y = first_output(node)
+    rank = g.rank(y)
+    cat_axis = norm_axis(int(node.attrs["axis"]), rank)
+    inputs = [t for t in node.inputs if not t.is_empty()]
+    if axis != cat_axis:
+        return [Couple((t.name, axis), (y.name, axis)) for t in inputs]
+    relations, start = [], 0
+    for t in inputs:
+        width = g.dim(t, cat_axis)
+        if not isinstance(width, int):
+            return [Freeze((tensor.name, axis), f"Concat input with unknown width ({node_label(node)})")]
+        relations.append(Offset((y.name, cat_axis), (t.name, cat_axis), start))
+        start += width
+    return relations
+
+
+@register_op_rule("Split")
+def split(node, tensor, axis, g: GraphView):
+    x = first_input(node)
+    rank = g.rank(x)
+    split_axis = norm_axis(int(node.attrs.get("axis", 0)), rank)
+    outputs = list(node.outputs)
+    if axis != split_axis:
+        return [Couple((x.name, axis), (y.name, axis)) for y in outputs]
+    widths = [g.dim(y, split_axis) for y in outputs]
+    if not all(isinstance(w, int) for w in widths):
+        return [Freeze((tensor.name, axis), f"Split with unknown output widths ({node_label(node)})")]
+    relations, start = [], 0
+    for y, width in zip(outputs, widths):
+        relations.append(Offset((x.name, split_axis), (y.name, split_axis), start))
+        start += width
+    relations.append(Fixup(node_label(node), "split", _fix_split(split_axis)))
+    return relations
+
+
+def _fix_split(split_axis: int):
+    def apply(node: gs.Node, new_width, new_index):
+        sizes = np.array([new_width((y.name, split_axis)) for y in node.outputs], dtype=np.int64)
+        if "split" in node.attrs:
+            node.attrs["split"] = [int(s) for s in sizes]
+        elif len(node.inputs) > 1 and not node.inputs[1].is_empty():
+            node.inputs[1] = gs.Constant(f"{node.name}_split", sizes)
+        elif len(set(sizes.tolist())) > 1:
+            node.attrs.pop("num_outputs", None)
+            node.inputs.append(gs.Constant(f"{node.name}_split", sizes))
+    return apply
+
+
+@register_op_rule("Slice")
+def slice_(node, tensor, axis, g: GraphView):
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []
+    rank = g.rank(x)
+    starts = g.int_list(node, "starts", 1)
+    ends = g.int_list(node, "ends", 2)
+    axes = g.int_list(node, "axes", 3) if ("axes" in node.attrs or len(node.inputs) > 3) else None
+    steps = g.int_list(node, "steps", 4) if len(node.inputs) > 4 else None
+    if starts is None or ends is None or rank is None:
+        return [Freeze((tensor.name, axis), f"Slice with computed bounds ({node_label(node)})")]
+    axes = [norm_axis(a, rank) for a in axes] if axes else list(range(len(starts)))
+    if axis not in axes:
+        return [Couple((x.name, axis), (y.name, axis))]
+    i = axes.index(axis)
+    width = g.dim(x, axis)
+    if (steps and steps[i] != 1) or not isinstance(width, int):
+        return [Freeze((tensor.name, axis), f"strided Slice on the channel axis ({node_label(node)})")]
+    start = int(np.clip(starts[i] + width if starts[i] < 0 else starts[i], 0, width))
+    return [Offset((x.name, axis), (y.name, axis), start),
+            Fixup(node_label(node), f"slice{axis}", _fix_slice(axis, i, start))]
+
+
+def _fix_slice(axis: int, i: int, start: int):
+    def apply(node: gs.Node, new_width, new_index):
+        x, y = node.inputs[0], node.outputs[0]
+        new_start = int(new_index((x.name, axis), start))
+        new_end = new_start + new_width((y.name, axis))
+        if "starts" in node.attrs:
+            node.attrs["starts"] = replace_at(node.attrs["starts"], i, new_start)
+            node.attrs["ends"] = replace_at(node.attrs["ends"], i, new_end)
+        else:
+            for k, value in ((1, new_start), (2, new_end)):
+                old = np.asarray(node.inputs[k].values)
+                node.inputs[k] = gs.Constant(f"{node.name}_{'starts' if k == 1 else 'ends'}",
+                                             np.asarray(replace_at(old, i, value), dtype=old.dtype))
+    return apply
+
+
+@register_op_rule("Flatten")
+def flatten(node, tensor, axis, g: GraphView):
+    x, y = first_input(node), first_output(node)
+    shape = g.shape(x)
+    if shape is None:
+        return [Freeze((tensor.name, axis), f"Flatten with unknown input shape ({node_label(node)})")]
+    k = norm_axis(int(node.attrs.get("axis", 1)), len(shape))
+    groups = [(list(range(k)), 0), (list(range(k, len(shape))), 1)]
+    return _merge_relations(node, tensor, axis, x, y, shape, groups)
+
+
+@register_op_rule("Reshape")
+def reshape(node, tensor, axis, g: GraphView):
+    pattern = group_norm_pattern(node, g)
+    if pattern is not None:
+        return group_norm_reshapes(pattern, tensor, axis)
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []
+    in_shape, out_shape = g.shape(x), g.shape(y)
+    groups = _reshape_groups(in_shape, out_shape)
+    if groups is None:
+        return [Freeze((tensor.name, axis), f"Reshape that cannot be matched axis by axis ({node_label(node)})")]
+    relations = _merge_relations(node, tensor, axis, x, y, in_shape, groups)
+    if isinstance(node.inputs[1], gs.Constant):
+        relations.append(Fixup(node_label(node), "reshape", fix_reshape))
+        return relations
+    # A shape computed at run time is safe only where its entry for this axis is read from the
+    # running tensors or is -1/0; a fixed channel count inside it cannot follow the new width.
+    out_axis = axis if tensor is y else next((o for a, o in groups if axis in a), None)
+    entries = _concat_entries(node.inputs[1], g)
+    if entries is None or out_axis is None or out_axis >= len(entries) or entries[out_axis] not in (None, -1, 0):
+        return [Freeze((tensor.name, axis), f"Reshape to a computed shape with a fixed size ({node_label(node)})")]
+    return relations
+
+
+def _concat_entries(shape: gs.Tensor, g: GraphView) -> list[int | None] | None:
+    """The entries of a shape built by Concat: constants where known, None where computed."""
+    producer = shape.inputs[0] if shape.inputs else None
+    if producer is None or producer.op != "Concat":
+        return None
+    entries = []
+    for part in producer.inputs:
+        if isinstance(part, gs.Constant):
+            entries += [int(v) for v in np.asarray(part.values).ravel()]
+        elif isinstance(g.dim(part, 0), int) and g.rank(part) == 1:
+            entries += [None] * g.dim(part, 0)
+        else:
+            return None
+    return entries
+
+
+def _merge_relations(node, tensor, axis, x, y, in_shape, groups):
+    """groups: list of (input axes, output axis) where input axes merge into one output axis."""
+    for in_axes, out_axis in groups:
+        if tensor is x and axis in in_axes:
+            if len(in_axes) == 1:
+                return [Couple((x.name, axis), (y.name, out_axis))]
+            dims = [in_shape[a] for a in in_axes]
+            if not all(isinstance(d, int) for d in dims):
+                return [Freeze((x.name, axis), f"{node.op} merges axes of unknown size ({node_label(node)})")]
+            grid = np.arange(int(np.prod(dims))).reshape(dims)
+            index = np.moveaxis(grid, in_axes.index(axis), 0).reshape(dims[in_axes.index(axis)], -1)
+            return [Expand((x.name, axis), (y.name, out_axis), index)]
+        if tensor is y and axis == out_axis:
+            if len(in_axes) == 1:
+                return [Couple((x.name, in_axes[0]), (y.name, axis))]
+            # A merged feature axis is tied to its channel axis from the input side, when the
+            # analysis reaches that axis from a producer; from here we cannot tell which input
+            # axis carries channels, so this side adds nothing.
+            return []
+    return [Freeze((tensor.name, axis), f"{node.op} splits axis {axis} ({node_label(node)})")]
+
+
+def _reshape_groups(in_shape, out_shape):
+    """Match input axes to output axes when every output axis is one input axis or a merge of
+    consecutive input axes (size-1 axes attach to their neighbours). None when it splits axes."""
+    if in_shape is None or out_shape is None:
+        return None
+    in_shape, out_shape = _match_one_dynamic_dim(in_shape, out_shape)
+    groups, i = [], 0
+    for o, dim in enumerate(out_shape):
+        if dim == 1 and (i >= len(in_shape) or in_shape[i] != 1):
+            groups.append(([], o))  # a new size-1 axis, e.g. an SE gate (N, C) → (N, C, 1, 1)
+            continue
+        while groups and i < len(in_shape) and in_shape[i] == 1 and dim != 1:
+            groups[-1][0].append(i)  # a size-1 input axis that disappears
+            i += 1
+        if i >= len(in_shape):
+            return None
+        axes = [i]
+        if not isinstance(dim, int) or not isinstance(in_shape[i], int):
+            if dim is None or dim != in_shape[i]:
+                return None
+            i += 1
+        else:
+            prod = in_shape[i]
+            i += 1
+            while prod < dim and i < len(in_shape) and isinstance(in_shape[i], int):
+                prod *= in_shape[i]
+                axes.append(i)
+                i += 1
+            if prod != dim:
+                return None
+        groups.append((axes, o))
+    while i < len(in_shape) and in_shape[i] == 1 and groups:
+        groups[-1][0].append(i)
+        i += 1
+    return groups if i == len(in_shape) else None
+
+
+def _match_one_dynamic_dim(in_shape, out_shape):
+    """With exactly one unknown dim on each side and equal static products, the unknowns are equal."""
+    unknown_in = [i for i, d in enumerate(in_shape) if not isinstance(d, int)]
+    unknown_out = [i for i, d in enumerate(out_shape) if not isinstance(d, int)]
+    if len(unknown_in) != 1 or len(unknown_out) != 1:
+        return in_shape, out_shape
+    static_in = np.prod([d for d in in_shape if isinstance(d, int)])
+    static_out = np.prod([d for d in out_shape if isinstance(d, int)])
+    if static_in != static_out:
+        return in_shape, out_shape
+    in_shape, out_shape = list(in_shape), list(out_shape)
+    in_shape[unknown_in[0]] = out_shape[unknown_out[0]] = "?"
+    return in_shape, out_shape

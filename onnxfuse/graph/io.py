@@ -1,0 +1,184 @@
+"""Reading and writing ONNX models: clear errors for bad files, atomic writes."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+import onnx
+from google.protobuf.message import DecodeError
+from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, set_external_data
+
+from ..errors import OnnxfuseError
+
+TWO_GB = 2**31
+
+
+def load_model(path: str | os.PathLike, external_data: bool = True) -> onnx.ModelProto:
+    """Load an ONNX file with its external data, or raise OnnxfuseError saying what is wrong.
+    With `external_data=False` the main graph's initializers stored as external data stay in their
+    file (the proto holds no copy; `has_external_data` tells); their files are checked."""
+    path = Path(path)
+    if not path.exists():
+        raise OnnxfuseError(f"{path}: no such file")
+    if not path.is_file():
+        raise OnnxfuseError(f"{path}: not a file")
+    if path.stat().st_size == 0:
+        raise OnnxfuseError(f"{path}: empty file, not an ONNX model")
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except (DecodeError, RuntimeWarning, ValueError, UnicodeDecodeError) as exc:
+        raise OnnxfuseError(f"{path}: not a valid ONNX model ({_first_line(exc)})") from None
+    except OSError as exc:
+        raise OnnxfuseError(f"{path}: cannot read ({exc.strerror or _first_line(exc)})") from None
+    if not model.HasField("graph") or len(model.graph.node) == 0:
+        raise OnnxfuseError(f"{path}: not an ONNX model (no graph with nodes)")
+    check_model(str(path), what=str(path))  # from the file: the weights are not copied to check them
+    try:
+        if external_data:
+            onnx.load_external_data_for_model(model, str(path.parent))
+        else:
+            _load_all_but_initializers(model, str(path.parent))
+            for tensor in model.graph.initializer:
+                if _is_external(tensor):
+                    _check_external_file(tensor, str(path.parent))
+    except (OSError, ValueError, onnx.checker.ValidationError) as exc:
+        raise OnnxfuseError(f"{path}: cannot read external data ({_first_line(exc)})") from None
+    return model
+
+
+def has_external_data(model: onnx.ModelProto) -> bool:
+    return any(_is_external(t) for t in model.graph.initializer)
+
+
+def _is_external(tensor: onnx.TensorProto) -> bool:
+    return tensor.data_location == onnx.TensorProto.EXTERNAL
+
+
+def _load_all_but_initializers(model: onnx.ModelProto, folder: str) -> None:
+    """External data of subgraphs and attributes (rare and small) is read into the proto."""
+    tensors = [t for node in model.graph.node for t in _node_tensors(node, attributes=True)]
+    for tensor in tensors:
+        if _is_external(tensor):
+            load_external_data_for_tensor(tensor, folder)
+
+
+def _check_external_file(tensor: onnx.TensorProto, folder: str) -> None:
+    info = ExternalDataInfo(tensor)
+    size = os.path.getsize(os.path.join(folder, info.location))  # the checker vetted the location
+    if size < (info.offset or 0) + (info.length or 0):
+        raise ValueError(f"{info.location} is too short for tensor {tensor.name}")
+
+
+def _graph_tensors(graph: onnx.GraphProto, attributes: bool):
+    yield from graph.initializer
+    for node in graph.node:
+        yield from _node_tensors(node, attributes)
+
+
+def _node_tensors(node: onnx.NodeProto, attributes: bool):
+    """Tensors of a node's attributes (with `attributes`) and its subgraphs' initializers."""
+    for attr in node.attribute:
+        if attributes:
+            yield from ([attr.t] if attr.HasField("t") else []) + list(attr.tensors)
+        for graph in ([attr.g] if attr.HasField("g") else []) + list(attr.graphs):
+            yield from _graph_tensors(graph, attributes)
+
+
+def check_model(model: onnx.ModelProto | str, what: str = "model", full: bool = False) -> None:
+    try:
+        if isinstance(model, str) or model.ByteSize() < TWO_GB:
+            onnx.checker.check_model(model, full_check=full)
+    except (onnx.checker.ValidationError, onnx.shape_inference.InferenceError) as exc:
+        raise OnnxfuseError(f"{what}: invalid ONNX model ({_first_line(exc)})") from None
+
+
+EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay in the .onnx file (onnx's default)
+
+
+def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.PathLike | None = None):
+    """Write atomically (temp files in the same folder, then renames); never overwrite the input.
+    The weights go to `OUT.onnx.data` (external data) when the input kept them so or above 2 GB;
+    as with onnx.save_model, the model's tensors then point there instead of holding their data."""
+    path = Path(path)
+    check_output_path(path, input_path)
+    external = model.ByteSize() >= TWO_GB or input_path is not None and _has_external_data(input_path)
+    data = path.with_name(path.name + ".data")
+    temps = []
+    try:
+        if external:
+            temps.append(_temp_file(data))
+            _write_external_data(model, temps[-1], data.name)
+        temps.append(_temp_file(path))
+        onnx.save_model(model, temps[-1])
+        if external:
+            os.replace(temps[0], data)
+        os.replace(temps[-1], path)
+    except BaseException:
+        for tmp in temps:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        raise
+
+
+@contextlib.contextmanager
+def atomic_file(path: str | os.PathLike, mode: str = "wb"):
+    """A file to write `path` through: a temporary file in the same folder, renamed to `path` when
+    the block ends, removed if it raises."""
+    tmp = _temp_file(Path(path))
+    try:
+        with open(tmp, mode) as f:
+            yield f
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def _temp_file(path: Path) -> str:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    return tmp
+
+
+def _write_external_data(model: onnx.ModelProto, data_path: str, location: str) -> None:
+    """Move every initializer's raw data of at least EXTERNAL_THRESHOLD bytes to `data_path`, one
+    tensor at a time (the model holds no second copy); the tensors point to `location`."""
+    with open(data_path, "wb") as data:
+        for tensor in _graph_tensors(model.graph, attributes=False):
+            raw = tensor.raw_data if tensor.HasField("raw_data") else b""
+            if len(raw) < EXTERNAL_THRESHOLD:
+                continue
+            offset = data.tell()
+            data.write(raw)
+            set_external_data(tensor, location, offset, data.tell() - offset)
+            tensor.ClearField("raw_data")
+
+
+def _has_external_data(path: str | os.PathLike) -> bool:
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception:  # not a readable model (the input may be a ModelProto's stand-in): write inline
+        return False
+    return has_external_data(model)
+
+
+def check_output_path(path: Path, input_path: str | os.PathLike | None) -> None:
+    if input_path is not None and Path(input_path).exists() and (
+            path.exists() and os.path.samefile(path, input_path) or path.resolve() == Path(input_path).resolve()):
+        raise OnnxfuseError(f"{path}: output path is the input file; choose another output")
+    if path.is_dir():
+        raise OnnxfuseError(f"{path}: output path is a directory")
+    if not path.parent.is_dir():
+        state = "is a file, not a directory" if path.parent.exists() else "does not exist"
+        raise OnnxfuseError(f"{path.parent}: output directory {state}")
+    if not os.access(path.parent, os.W_OK):
+        raise OnnxfuseError(f"{path.parent}: output directory is not writable")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

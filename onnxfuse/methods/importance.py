@@ -1,0 +1,123 @@
+"""Channel importance per group, as a registry shared by every method.
+
+Magnitude importance follows Torch-Pruning's `GroupMagnitudeImportance` (group_reduction="mean",
+normalizer="mean", no biases): every scored member (weight rows of producers, weight columns of
+consumers — a flattened head's columns summed into their channel —, BN scales, depthwise
+kernels) contributes Σ|w|^p per channel; the contributions are averaged over members and the
+result divided by its mean.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.channels import Group, member_rows
+from ..errors import OnnxfuseError
+from ..registry import Registry
+
+Scorer = Callable[..., np.ndarray]  # (group, tensors, seed=, activity=) -> (width,) scores
+
+
+@dataclass(frozen=True)
+class Importance:
+    score: Scorer
+    needs_activity: bool = False  # the capture pass measures mean |activation| per channel for it
+
+
+IMPORTANCES: Registry[Importance] = Registry("importance")
+
+
+def register_importance(name: str, *, needs_activity: bool = False, replace: bool = False):
+    """Decorator: `score(group, tensors, seed=0, activity=None, **_) -> (width,) array` as the
+    importance `name`; higher means kept. `needs_activity`: the criterion reads calibration
+    activations (`activity`, the group's mean |activation| per channel)."""
+    def wrap(score: Scorer) -> Scorer:
+        IMPORTANCES.add(name, Importance(score, needs_activity), replace)
+        return score
+    return wrap
+
+
+def score_group(name: str, group: Group, tensors: dict[str, gs.Tensor], seed: int = 0,
+                activity: np.ndarray | None = None) -> np.ndarray:
+    """`activity`: the group's mean |activation| per channel on calibration data, when captured."""
+    return IMPORTANCES.get(name).score(group, tensors, seed=seed, activity=activity)
+
+
+def magnitude(group: Group, tensors, p: int) -> np.ndarray:
+    """Σ|w|^p of every scored member, averaged over members (no normaliser)."""
+    per_member = []
+    for _, rows in member_rows(group, tensors):
+        np.abs(rows, out=rows)  # a fresh array: work in place
+        if p != 1:
+            rows **= p
+        per_member.append(rows.sum(axis=(1, 2)))
+        del rows
+    return np.mean(per_member, axis=0) if per_member else np.ones(group.width)
+
+
+@register_importance("l1")
+def l1(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
+    return _normalise(magnitude(group, tensors, 1))
+
+
+@register_importance("l2")
+def l2(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
+    return _normalise(magnitude(group, tensors, 2))
+
+
+@register_importance("random")
+def random(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
+    return np.random.default_rng([seed, group.id]).random(group.width) + 0.5
+
+
+@register_importance("lamp")
+def lamp(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
+    """LAMP (Lee et al., ICLR 2021) as Torch-Pruning's LAMPImportance: squared magnitude, each
+    score divided by the sum of all scores not smaller than it."""
+    scores = magnitude(group, tensors, 2)
+    order = np.argsort(scores, kind="stable")
+    tail = np.cumsum(scores[order][::-1])[::-1]  # sum of the scores from this one upwards
+    out = np.empty_like(scores)
+    out[order] = scores[order] / np.maximum(tail, 1e-300)
+    return out
+
+
+@register_importance("bn_scale")
+def bn_scale(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
+    """|γ| of the group's BatchNormalization layers (Network Slimming)."""
+    gammas = [np.abs(rows).sum(axis=(1, 2)) for member, rows in member_rows(group, tensors)
+              if member.role == "param" and np.asarray(tensors[member.tensor].values).ndim == 1]
+    if not gammas:
+        raise OnnxfuseError("importance bn_scale needs BatchNormalization nodes; keep them with --keep-bn "
+                            "(fold_bn=False)")
+    return _normalise(np.mean(gammas, axis=0))
+
+
+@register_importance("fpgm")
+def fpgm(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
+    """FPGM (He et al., CVPR 2019): a channel whose weights are close to all others (near the
+    geometric median) is redundant; importance = summed L2 distance to the other channels."""
+    per_member = []
+    for _, rows in member_rows(group, tensors, min_ndim=2):
+        flat = rows.reshape(group.width, -1)
+        sq = (flat * flat).sum(1)
+        dist = np.sqrt(np.maximum(sq[:, None] + sq[None, :] - 2 * flat @ flat.T, 0))
+        per_member.append(dist.sum(1))
+    return _normalise(np.mean(per_member, axis=0)) if per_member else np.ones(group.width)
+
+
+def _normalise(scores: np.ndarray) -> np.ndarray:
+    mean = scores.mean()
+    return scores / mean if mean > 0 else scores
+
+
+@register_importance("act", needs_activity=True)
+def act(group: Group, tensors, seed: int = 0, activity: np.ndarray | None = None, **_) -> np.ndarray:
+    """Mean |activation| of each channel on the calibration data (where consumers read it)."""
+    if activity is None:
+        raise OnnxfuseError("importance act needs calibration data (--calib)")
+    return _normalise(np.asarray(activity, dtype=np.float64))

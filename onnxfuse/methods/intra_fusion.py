@@ -1,0 +1,115 @@
+"""Intra-Fusion: choose each group's map with optimal transport instead of a selection.
+
+For a group of width n keeping the m most important channels:
+  features  every channel's producer rows and consumer columns (no biases) concatenated and
+            scaled to unit L2 norm; or, with calibration data, the channel's activations on
+            sampled inputs and positions (or both, each part unit-normalised);
+  cost      pairwise L^p distance between all n channels and the m kept ones (n × m);
+  plan      G = OT(a, b, cost), exact EMD by default (Sinkhorn optional), uniform or
+            importance-weighted marginals;
+  map       T = Gᵀ with every column normalised to 1 (each channel hands on all of its mass).
+
+How T is applied is the *normalisation*:
+  reference  T on producers and consumers, as the paper's official code (a merged producer row
+             is a sum: it carries about n/m times the weight);
+  average    producers use T with rows normalised (a merged row is the T-weighted average of its
+             sources), consumers the column-normalised T; exact when merged channels are
+             duplicates;
+  rescale    average, then every merged producer row is scaled back to the T-weighted average
+             norm of its sources, a data-free correction of the variance collapse that averaging
+             different channels causes; biases stay averaged, so only the part of the channel
+             that varies with the input is scaled and its mean is kept.
+Per-channel parameters (unfolded BN, PRelu slopes, depthwise kernels) use the row-normalised T.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import onnx_graphsurgeon as gs
+from scipy import sparse
+
+from ..analysis.channels import Group, member_rows
+from ..errors import OnnxfuseError
+from .channelmap import GroupMap
+from .ot import MARGINALS, SOLVERS, transport_plan, unit_rows
+from .registry import register_method
+
+NORMALIZATIONS = ("reference", "average", "rescale")
+FEATURES = ("weights", "activations", "both")
+
+
+@dataclass
+class FusionOptions:
+    normalization: str = "rescale"
+    p: int = 1
+    solver: str = "emd"
+    reg: float = 0.01
+    marginals: str = "uniform"
+    features: str = "weights"  # the OT cost from weights, calibration activations, or both
+
+    def check(self) -> None:
+        for value, allowed, what in ((self.normalization, NORMALIZATIONS, "normalization"),
+                                     (self.features, FEATURES, "OT features"),
+                                     (self.solver, SOLVERS, "OT solver"),
+                                     (self.marginals, MARGINALS, "marginals"),
+                                     (self.p, (1, 2), "OT ground metric p")):
+            if value not in allowed:
+                raise OnnxfuseError(f"unknown {what} {value!r}; choose from {', '.join(map(str, allowed))}")
+        if self.solver == "sinkhorn" and not self.reg > 0:
+            raise OnnxfuseError(f"the Sinkhorn regularisation must be > 0, got {self.reg}")
+
+
+def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, scores: np.ndarray,
+               options: FusionOptions, activations: np.ndarray | None = None) -> GroupMap:
+    """`activations`: (width, samples) calibration activations of the group's channels."""
+    kept = np.sort(np.asarray(kept))
+    if len(kept) == group.width:
+        return GroupMap.selection(group.width, kept)
+    producer_features = member_features(group, tensors, roles=("producer",))
+    weights = np.concatenate([producer_features, member_features(group, tensors, roles=("consumer", "param"))],
+                             axis=1)
+    if options.features == "weights":
+        features = weights
+    elif activations is None:
+        raise OnnxfuseError(f"OT features {options.features!r} need calibration data (--calib)")
+    elif options.features == "activations":
+        features = activations
+    else:
+        features = np.concatenate([unit_rows(weights), unit_rows(activations)], axis=1)
+    plan = transport_plan(features, kept, scores, options)  # (n, m)
+    t = plan.T / np.maximum(plan.T.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
+    average = t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)  # rows sum to 1
+    if options.normalization == "reference":
+        return GroupMap(kept, producer=t, consumer=t, param=average)
+    if options.normalization == "rescale":
+        producer = average * _norm_restoring_scale(average, producer_features)[:, None]
+        return GroupMap(kept, producer=producer, consumer=t, param=average, shift=average)
+    return GroupMap(kept, producer=average, consumer=t, param=average)
+
+
+def member_features(group: Group, tensors, roles: tuple[str, ...]) -> np.ndarray:
+    """(n, d): every channel's weight rows/columns of the given roles, concatenated (BN scales
+    and biases excluded)."""
+    parts = [rows.reshape(group.width, -1) for _, rows in member_rows(group, tensors, min_ndim=2, roles=roles)]
+    return np.concatenate(parts, axis=1) if parts else np.zeros((group.width, 0))
+
+
+def _norm_restoring_scale(average: np.ndarray, producer_features: np.ndarray) -> np.ndarray:
+    """Per merged channel j: (Σ_i A[j,i] ‖w_i‖) / ‖Σ_i A[j,i] w_i‖ over its producer weights."""
+    if producer_features.shape[1] == 0:
+        return np.ones(average.shape[0])
+    source_norms = np.linalg.norm(producer_features, axis=1)
+    target = average @ source_norms
+    merged = np.linalg.norm(sparse.csr_matrix(average) @ producer_features, axis=1)  # an OT plan is sparse
+    return np.where(merged > 1e-12, target / np.maximum(merged, 1e-12), 1.0)
+
+
+def _needs_activations(options) -> bool:
+    return options.fusion.features != "weights"
+
+
+@register_method("fuse", needs_activations=_needs_activations, extra_passes=(("warm_up_l1", "load"),))
+def intra_fusion_map(group, tensors, kept, scores, options, activations=None) -> GroupMap:
+    return fusion_map(group, tensors, kept, scores, options.fusion, activations)

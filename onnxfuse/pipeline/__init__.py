@@ -1,0 +1,13 @@
+"""The pipeline: options, the typed Context, the pass contract, the pass list and its runner.
+
+    load ─► normalize ─► analyze ─► capture ─► score ─► plan ─► fuse ─► repair ─► emit ─► validate
+"""
+
+from .build import FLOW, passes
+from .context import CalibrationState, Context, Decisions, ModelState
+from .contract import PASSES, Pass, PassContractError, PassFailed, register_pass
+from .options import Options, auto_round_to
+from .runner import run, run_passes
+
+__all__ = ["FLOW", "PASSES", "CalibrationState", "Context", "Decisions", "ModelState", "Options", "Pass",
+           "PassContractError", "PassFailed", "auto_round_to", "passes", "register_pass", "run", "run_passes"]

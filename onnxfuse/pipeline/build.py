@@ -1,0 +1,18 @@
+"""`passes(options)`: the pass list for a run. The base flow, then the passes the chosen method adds
+(methods/registry.py: `extra_passes`, each after the pass it names)."""
+
+from __future__ import annotations
+
+from .. import passes as _passes  # noqa: F401  (importing onnxfuse.passes registers every pass)
+from ..methods import METHODS
+from .contract import PASSES, Pass
+from .options import Options
+
+FLOW = ("load", "normalize", "analyze", "capture", "score", "plan", "fuse", "repair", "emit", "validate")
+
+
+def passes(options: Options) -> list[Pass]:
+    names = list(FLOW)
+    for name, after in METHODS.get(options.method).extra_passes:
+        names.insert(names.index(after) + 1, name)
+    return [PASSES.get(name)() for name in names]

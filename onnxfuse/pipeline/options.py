@@ -1,0 +1,154 @@
+"""The user's options: frozen dataclasses whose fields carry their CLI flag, help and choices.
+
+`onnxfuse compress` is built from these fields (cli.py): defaults come from the field defaults,
+choices from the registries (methods, importances, repairs) or the field's `choices`. Internal
+plumbing (which groups a probe shrinks, counts decided elsewhere) lives in the Context, not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+
+from ..calibration.images import Preprocess
+from ..errors import OnnxfuseError
+from ..methods import METHODS
+from ..methods.importance import IMPORTANCES
+from ..methods.intra_fusion import FusionOptions
+from ..repair import REPAIRS
+from ..runtime.sessions import DEVICES, resolved_device
+from ..runtime.timing import cpu_channel_block
+
+ALLOCATIONS = ("uniform", "sensitivity")
+REPAIR_MODES = ("auto", "none")  # besides the registered repairs: auto = stats with --calib, else none
+CALIB_SAMPLES = 256
+
+
+def option(default, help: str = "", **cli):
+    """A field with its CLI metadata: help, and optionally flag, choices (a tuple or a callable
+    returning one), type, metavar, action ("store_true", "store_false", "append"), cli=False."""
+    kind = "default_factory" if callable(default) else "default"
+    return field(**{kind: default}, metadata={"help": help, **cli})
+
+
+def repair_choices() -> tuple[str, ...]:
+    return REPAIR_MODES + REPAIRS.names()
+
+
+@dataclass(frozen=True)
+class Options:
+    sparsity: float = option(0.5, "fraction of channels removed per group")
+    method: str = option("prune", "how each group's map is chosen", choices=METHODS.names)
+    importance: str = option("l1", "channel importance criterion", choices=IMPORTANCES.names)
+    round_to: int | str = option("auto", "keep a multiple of N channels per group (auto: 8 on CUDA, 1 on the CPU, "
+                                 "the CPU's channel block with --target-latency)", metavar="N|auto", type="round_to")
+    global_ranking: bool = option(False, "rank channels across all groups instead of the same sparsity in each",
+                                  flag="--global", action="store_true")
+    max_sparsity: float = option(1.0, "at most this fraction of a group goes")
+    target_macs: float | None = option(None, "keep this fraction of the MACs (solves for the sparsity)", type=float,
+                                       metavar="F")
+    target_latency: float | None = option(None, "reach this fraction of the original ONNX Runtime latency "
+                                          "(per-group timings)", type=float, metavar="F")
+    latency_batch: int = option(32, "batch size for --target-latency", type="positive_int", metavar="N")
+    allocate: str = option("uniform", "sensitivity: per-group sparsities measured on --calib data to meet "
+                           "--target-macs", choices=ALLOCATIONS)
+    ignore: tuple[str, ...] = option((), "leave the output channels of matching nodes untouched (repeatable)",
+                                     action="append", metavar="NODE_GLOB")
+    fold_bn: bool = option(True, "do not fold BatchNormalization into Conv/Gemm", flag="--keep-bn",
+                           action="store_false")
+    calib: str | None = option(None, "calibration data: .npz (one array per input, optional labels) or a folder "
+                               "of images (see the preprocessing options)")
+    calib_samples: int = option(CALIB_SAMPLES, "use at most N calibration samples, drawn with --seed when there "
+                                "are more", type="positive_int", metavar="N")
+    preprocess: Preprocess = option(Preprocess, "", cli=False)  # the CLI's preprocessing group (cli.py)
+    data: str | None = option(None, "validation data (.npz); default: the calibration data, else random inputs")
+    labels_key: str = option("labels", "key of the labels array in the .npz files", flag="--labels")
+    input_shape: tuple[str, ...] = option((), "shape of an input with dynamic dimensions, for MAC counts and "
+                                          "random inputs", action="append", metavar="[NAME:]D0,D1,...")
+    validate: bool = option(True, "skip the ONNX Runtime comparison", flag="--no-validate", action="store_false")
+    device: str = option("auto", "where ONNX Runtime runs", choices=DEVICES)
+    seed: int = option(0, "seed of every random draw (calibration subset, random importance, sampled "
+                       "positions)", type=int)
+    fusion: FusionOptions = option(FusionOptions, "", cli=False)  # flattened into --normalization, --ot-*
+    repair: str = option("auto", "repair with the calibration data (auto: stats when --calib is given)",
+                         choices=repair_choices)
+
+    @classmethod
+    def from_flat(cls, **options) -> Options:
+        """Options from flat keyword arguments: the fields of Options, and the fusion options as
+        `normalization` and `ot_p`, `ot_solver`, `ot_reg`, `ot_marginals`, `ot_features`."""
+        fusion = {}
+        for key in [k for k in options if k == "normalization" or k.startswith("ot_")]:
+            fusion[key.removeprefix("ot_")] = options.pop(key)
+        known = {f.name for f in dataclasses.fields(cls)} - {"fusion"}
+        known_fusion = {f.name for f in dataclasses.fields(FusionOptions)}
+        unknown = sorted(set(options) - known) + sorted(set(fusion) - known_fusion)
+        if unknown:
+            raise OnnxfuseError(f"unknown option(s) {', '.join(unknown)}")
+        for key in ("ignore", "input_shape"):
+            if key in options:
+                options[key] = tuple(options[key])
+        if options.get("preprocess", ...) is None:
+            del options["preprocess"]
+        return cls(fusion=FusionOptions(**fusion), **options)
+
+    def check(self) -> None:
+        if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
+            raise OnnxfuseError(f"sparsity must be in [0, 1), got {self.sparsity}")
+        METHODS.get(self.method)
+        if not 0.0 < self.max_sparsity <= 1.0:
+            raise OnnxfuseError(f"max-sparsity must be in (0, 1], got {self.max_sparsity}")
+        if self.target_macs is not None and not 0.0 < self.target_macs <= 1.0:
+            raise OnnxfuseError(f"target-macs must be in (0, 1], got {self.target_macs}")
+        if self.round_to != "auto" and not positive_int(self.round_to):
+            raise OnnxfuseError(f"round-to must be a positive integer or auto, got {self.round_to}")
+        if self.target_latency is not None and not 0.0 < self.target_latency <= 1.0:
+            raise OnnxfuseError(f"target-latency must be in (0, 1], got {self.target_latency}")
+        if self.target_latency is not None and (self.target_macs is not None or self.allocate != "uniform"):
+            raise OnnxfuseError("target-latency cannot be combined with target-macs or allocate sensitivity")
+        for name, value in (("latency-batch", self.latency_batch), ("calib-samples", self.calib_samples)):
+            if not positive_int(value):
+                raise OnnxfuseError(f"{name} must be a positive integer, got {value}")
+        self.preprocess.check()
+        self.fusion.check()
+        if self.allocate not in ALLOCATIONS:
+            raise OnnxfuseError(f"unknown allocation {self.allocate!r}; choose from {', '.join(ALLOCATIONS)}")
+        if self.allocate == "sensitivity" and (self.target_macs is None or not self.calib):
+            raise OnnxfuseError("allocate sensitivity needs --target-macs and calibration data (--calib)")
+        if self.repair not in repair_choices():
+            raise OnnxfuseError(f"unknown repair {self.repair!r}; choose from {', '.join(repair_choices())}")
+        if self.repair not in REPAIR_MODES and not self.calib:
+            raise OnnxfuseError(f"repair {self.repair} needs calibration data (--calib)")
+        self._check_needs()
+
+    def _check_needs(self) -> None:
+        """What the chosen importance and method declare they need."""
+        if self.calib:
+            return
+        if IMPORTANCES.get(self.importance).needs_activity:
+            raise OnnxfuseError(f"importance {self.importance} needs calibration data (--calib)")
+        if METHODS.get(self.method).needs_activations(self):
+            raise OnnxfuseError(f"OT features {self.fusion.features!r} need calibration data (--calib)")
+
+    @property
+    def effective_repair(self) -> str:
+        if self.repair == "auto":
+            return "stats" if self.calib else "none"
+        return self.repair
+
+    def resolved(self) -> Options:
+        """A copy with `round_to` "auto" replaced by the device's multiple."""
+        return self if self.round_to != "auto" else dataclasses.replace(self, round_to=auto_round_to(self))
+
+
+def positive_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+def auto_round_to(options: Options) -> int:
+    """Channel multiple per device: 8 on CUDA (tensor-core tiles); on the CPU 1, or with a latency
+    target the width of ONNX Runtime's NCHWc blocks, since widths between two blocks cost the same
+    time there (benchmarks/RESULTS.md, "Latency")."""
+    if resolved_device(options.device) != "cpu":
+        return 8
+    return cpu_channel_block() if options.target_latency is not None else 1

@@ -1,0 +1,114 @@
+"""How many channels each group keeps, and which.
+
+Uniform: every group keeps int(n · (1 − sparsity)) channels (Torch-Pruning's count). Global: the
+mean-normalised importances of all prunable groups are ranked together and the least important
+channels go, each group losing at most `max_sparsity` of its channels. Either way the count is
+rounded down to a multiple of `round_to`, and `target_macs` searches the sparsity whose
+estimated MACs meet the budget.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..analysis.channels import Analysis, Group
+from ..errors import OnnxfuseError
+
+
+def keep_count(width: int, sparsity: float, round_to: int = 1) -> int:
+    """Channels kept at `sparsity`: int(width · (1 − sparsity)), rounded down to a multiple of
+    `round_to`, at least one multiple (or the whole group)."""
+    return _round(int(width * (1 - sparsity)), width, round_to)
+
+
+def _round(keep: int, width: int, round_to: int) -> int:
+    if round_to > 1:
+        keep -= keep % round_to
+        keep = max(keep, min(round_to, width))
+    return min(max(keep, 1), width)
+
+
+def top_k(scores: np.ndarray, k: int) -> np.ndarray:
+    """Indices of the k highest scores, in channel order (ties keep the earlier channel)."""
+    order = np.argsort(-scores, kind="stable")
+    return np.sort(order[:k])
+
+
+def keep_counts(groups: list[Group], scores: dict[int, np.ndarray], sparsity: float, round_to: int = 1,
+                global_ranking: bool = False, max_sparsity: float = 1.0) -> dict[int, int]:
+    if not global_ranking:
+        return {g.id: _round(max(int(g.width * (1 - sparsity)), _floor_keep(g.width, max_sparsity)),
+                             g.width, round_to) for g in groups}
+    all_scores = np.concatenate([scores[g.id] for g in groups]) if groups else np.zeros(0)
+    n_pruned = len(all_scores) - int(len(all_scores) * (1 - sparsity))
+    if n_pruned <= 0:
+        return {g.id: g.width for g in groups}
+    threshold = np.partition(all_scores, n_pruned - 1)[n_pruned - 1]
+    counts = {}
+    for g in groups:
+        keep = int((scores[g.id] > threshold).sum())
+        counts[g.id] = _round(max(keep, _floor_keep(g.width, max_sparsity)), g.width, round_to)
+    return counts
+
+
+def _floor_keep(width: int, max_sparsity: float) -> int:
+    """The fewest channels a group may keep when at most `max_sparsity` of them may go."""
+    return width - int(width * max_sparsity)
+
+
+def estimated_mac_ratio(analysis: Analysis, counts: dict[int, int]) -> float:
+    """MACs after / before, from the new widths: each weighted node's MACs scale with the ratio
+    of new to old width of every channel space its weights run over."""
+    total = sum(analysis.node_macs.values())
+    if not total:
+        return 1.0
+    factors = node_factors(analysis, counts)
+    return sum(macs * factors.get(node, 1.0) for node, macs in analysis.node_macs.items()) / total
+
+
+def node_factors(analysis: Analysis, counts: dict[int, int]) -> dict[str, float]:
+    """Per weighted node, the fraction of its MACs left with the new widths."""
+    ratio = {}
+    for group in analysis.groups:
+        if group.id not in counts:
+            continue
+        dropped = group.width - counts[group.id]
+        for space, pos in group.positions.items():
+            ratio[space] = ratio.get(space, 0) + dropped * pos.shape[1]
+    factors = {}
+    for node, spaces in node_spaces(analysis).items():
+        factors[node] = float(np.prod([1 - ratio.get(space, 0) / analysis.widths[space] for space in spaces]))
+    return factors
+
+
+def node_spaces(analysis: Analysis) -> dict[str, set]:
+    """The channel spaces each weighted node's MACs run over."""
+    spaces: dict[str, set] = {}
+    for space, members in analysis.members.items():
+        for m in members:
+            if m.scored:
+                spaces.setdefault(m.node, set()).add(space)
+    return spaces
+
+
+def solve_sparsity_for_macs(analysis: Analysis, scores: dict[int, np.ndarray], target: float, round_to: int = 1,
+                            global_ranking: bool = False, max_sparsity: float = 1.0) -> tuple[float, dict[int, int]]:
+    """The smallest sparsity whose estimated MACs ratio is at most `target` (bisection)."""
+    if not 0 < target <= 1:
+        raise OnnxfuseError(f"target-macs must be in (0, 1], got {target}")
+    groups = analysis.prunable
+
+    def counts_at(s):
+        return keep_counts(groups, scores, s, round_to, global_ranking, max_sparsity)
+
+    lo, hi = 0.0, 0.999
+    if estimated_mac_ratio(analysis, counts_at(hi)) > target:
+        best = estimated_mac_ratio(analysis, counts_at(hi))
+        raise OnnxfuseError(f"cannot reach {target:.3f} of the MACs: the prunable groups allow {best:.3f} at most")
+    for _ in range(40):
+        mid = (lo + hi) / 2
+        if estimated_mac_ratio(analysis, counts_at(mid)) <= target:
+            hi = mid
+        else:
+            lo = mid
+    return hi, counts_at(hi)

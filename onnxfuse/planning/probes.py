@@ -1,0 +1,81 @@
+"""Probes: the one way planning re-runs part of the pipeline.
+
+A probe forks the live Context at the plan pass (the graph after normalize, analyze, capture and
+score, copied; the analysis, captures and scores shared, read-only), changes some options, and runs
+the back half of the pass list on the fork: plan → fuse → repair to measure the damage of a plan on
+held-out calibration data, or score → plan → fuse → emit (plain pruning, no data) to get a model with
+given widths for latency timing. Load, normalize and analyze never run again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import numpy as np
+import onnx
+
+from ..calibration.data import Dataset
+from ..graph.convert import runnable
+from ..runtime.sessions import run, session
+
+PROBE_SAMPLES = 128  # at most, held out from the probe's repair
+HELD_OUT_DIVISOR = 4  # a quarter of the calibration samples judge the probes
+DAMAGE_PASSES = ("plan", "fuse", "repair")
+PRUNED_PASSES = ("score", "plan", "fuse", "emit")
+
+
+class Probes:
+    def __init__(self, ctx, run_passes: Callable):
+        """`run_passes(ctx, names)` runs the passes of the current list with these names on `ctx`."""
+        self._ctx = ctx
+        self._run = run_passes
+
+    def damage(self, only_groups: tuple[int, ...] | None = None, fixed_counts: dict[int, int] | None = None,
+               **changes) -> float:
+        """Output damage of the configured method and repair with some options changed, the repair
+        fitted on part of the calibration data and judged on the held-out rest."""
+        ctx = self._ctx
+        fit, held_out = split_calibration(ctx.calibration.calib)
+        options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
+                                      validate=False, **changes)
+        probe = self._fork(options, dataclasses.replace(ctx.calibration, calib=fit), only_groups, fixed_counts)
+        probe = self._run(probe, DAMAGE_PASSES)
+        return output_damage(ctx.model.model_source, runnable(probe.model.graph, ctx.model.original), held_out)
+
+    def pruned(self, fixed_counts: dict[int, int] | None = None, only_groups: tuple[int, ...] | None = None,
+               **changes) -> onnx.ModelProto:
+        """The model pruned to the given widths, no data (prune and fuse give the same shapes, so the same time)."""
+        ctx = self._ctx
+        options = dataclasses.replace(ctx.options, method="prune", importance="l1", repair="none", calib=None,
+                                      data=None, target_latency=None, target_macs=None, allocate="uniform",
+                                      validate=False, **changes)
+        calibration = type(ctx.calibration)()
+        return self._run(self._fork(options, calibration, only_groups, fixed_counts), PRUNED_PASSES).model.result
+
+    def _fork(self, options, calibration, only_groups, fixed_counts):
+        ctx = self._ctx
+        model = dataclasses.replace(ctx.model, graph=ctx.model.graph.copy(), before_fuse=None, result=None)
+        decisions = type(ctx.decisions)(scores=ctx.decisions.scores, only_groups=only_groups,
+                                        fixed_counts=fixed_counts)
+        return dataclasses.replace(ctx, options=options, model=model, calibration=calibration, decisions=decisions,
+                                   report={}, probes=None)
+
+
+def output_damage(original, compressed, data: Dataset) -> float:
+    """Mean squared error of the first output relative to its variance (0 = unchanged)."""
+    ref = run(session(original, "cpu"), data, 64)[0].astype(np.float64)
+    out = run(session(compressed, "cpu"), data, 64)[0].astype(np.float64)
+    return float(((out - ref) ** 2).mean() / max(ref.var(), 1e-12))
+
+
+def split_calibration(calib: Dataset) -> tuple[Dataset, Dataset]:
+    """(samples the probe's repair fits on, samples its damage is measured on): a repair fitted
+    and judged on the same samples looks better the more it overfits, which would favour plans
+    that leave many small refits."""
+    n = len(calib)
+    if n < 2:
+        return calib, calib  # nothing to hold out
+    held = min(max(n // HELD_OUT_DIVISOR, 1), PROBE_SAMPLES)
+    return (Dataset({k: v[:n - held] for k, v in calib.feeds.items()}),
+            Dataset({k: v[n - held:] for k, v in calib.feeds.items()}))

@@ -1,0 +1,91 @@
+"""Repair with calibration data: give every new channel the statistics its sources had.
+
+`stats` (REPAIR, Jordan et al., ICLR 2023): for each channel a producer writes, the original
+model's per-channel mean and standard deviation are combined with the group's averaging map
+(target_j = Σ_i A[j, i] · stat_i); the new model's channel is measured on the same data and
+corrected by an affine map folded into the producer's weight rows and bias. Producers are repaired
+one at a time in graph order, each measured after everything upstream of it was repaired.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import onnx_graphsurgeon as gs
+
+from ..analysis.channels import Group
+from ..analysis.relations import Member
+from ..calibration.capture import ChannelStats, channel_stats
+from ..graph.convert import runnable
+from ..graph.layouts import bias_values, layout_of, output_channels, write_bias
+from ..log import progress, warning
+from .registry import RepairJob, register_repair
+
+MIN_STD = 1e-6
+
+
+def producer_members(group: Group) -> list[Member]:
+    return [m for m in group.members if m.role == "producer" and m.scored]
+
+
+@register_repair("stats")
+def repair_stats(job: RepairJob) -> list[dict]:
+    graph, analysis, space_maps = job.graph, job.analysis, job.space_maps
+    order = {node.name: i for i, node in enumerate(graph.nodes)}
+    units = sorted(((order.get(m.node, 0), m.space, analysis.groups[gid]) for gid in space_maps.maps
+                    for m in producer_members(analysis.groups[gid])), key=lambda u: u[0])
+    before = channel_stats(job.original, job.data, {space[0]: space[1] for _, space, _ in units},
+                           label="original statistics")
+    report = []
+    for _, space, group in progress(units, desc="stats repair"):
+        current = channel_stats(runnable(graph, job.like), job.data, {space[0]: space[1]}, label=None)[space[0]]
+        try:
+            report.append(_correct(graph, analysis, space_maps, group, space, before[space[0]], current))
+        except NotImplementedError as exc:
+            warning(f"repair skipped for {space[0]}: {exc}")
+    return report
+
+
+def _correct(graph, analysis, space_maps, group, space, before: ChannelStats, now: ChannelStats) -> dict:
+    gmap = space_maps.maps[group.id]
+    old_pos = group.positions[space][:, 0]
+    new_pos = space_maps.slot_positions(group, space)[:, 0]
+    target_mean = gmap.param @ before.mean[old_pos]
+    target_std = gmap.param @ before.std[old_pos]
+    mean, std = now.mean[new_pos], now.std[new_pos]
+    scale = np.where(std > MIN_STD, target_std / np.maximum(std, MIN_STD), 1.0)
+    shift = target_mean - mean * scale
+    tensors = graph.tensors()
+    bias = _bias_of(graph, space)
+    for member in analysis.members[space]:
+        if member.role == "producer" and member.scored:
+            _scale_rows(tensors[member.tensor], member.axis, new_pos, scale)
+    _add_rows(bias, new_pos, shift, scale)
+    return {"group": group.id, "tensor": space[0],
+            "std_error_before": float(np.mean(np.abs(std / np.maximum(target_std, MIN_STD) - 1))),
+            "mean_error_before": float(np.mean(np.abs(mean - target_mean)))}
+
+
+def _scale_rows(constant: gs.Constant, axis: int, rows: np.ndarray, scale: np.ndarray) -> None:
+    values = np.array(constant.values)
+    moved = np.moveaxis(values, axis, 0)
+    moved[rows] = (moved[rows].astype(np.float64) * scale.reshape((-1,) + (1,) * (moved.ndim - 1))).astype(
+        values.dtype)
+    constant.values = values
+
+
+def _add_rows(bias: gs.Constant, rows: np.ndarray, shift: np.ndarray, scale: np.ndarray) -> None:
+    values = np.array(bias.values, dtype=np.float64)
+    values[rows] = values[rows] * scale + shift
+    bias.values = values.astype(np.asarray(bias.values).dtype)
+
+
+def _bias_of(graph: gs.Graph, space) -> gs.Constant:
+    """The 1-D bias of the Conv/ConvTranspose/Gemm that writes `space` (zeros added if it has none)."""
+    producer = graph.tensors()[space[0]].inputs[0]
+    layout = layout_of(producer)
+    if layout is None or layout.bias is None or producer.domain == "com.microsoft":  # fused: after its activation
+        raise NotImplementedError(f"stats repair of a {producer.op} producer")
+    values = bias_values(producer, layout, output_channels(producer, layout))
+    if values is None:
+        raise NotImplementedError(f"stats repair with a computed bias at {producer.name}")
+    return write_bias(producer, layout, values, np.asarray(producer.inputs[1].values).dtype)

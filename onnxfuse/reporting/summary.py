@@ -1,0 +1,109 @@
+"""What a person reads after a run: the group table, and the few lines that sum up a compress report."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..analysis.channels import Analysis
+from ..runtime.timing import cpu_channel_block
+
+
+def group_rows(analysis: Analysis, total_macs: int, keep: dict | None = None) -> list[dict]:
+    rows = []
+    for group in analysis.groups:
+        row = {
+            "id": group.id,
+            "width": group.width,
+            "producers": group.nodes("producer"),
+            "consumers": group.nodes("consumer"),
+            "mac_share": round(group.macs / total_macs, 4) if total_macs else 0.0,
+            "prunable": group.prunable,
+        }
+        if group.frozen:
+            row["frozen"] = group.frozen
+        if keep is not None and group.id in keep:
+            row["kept"] = len(keep[group.id])
+        rows.append(row)
+    return rows
+
+
+def format_groups(rows: list[dict]) -> str:
+    lines = []
+    for r in rows:
+        state = "prunable" if r["prunable"] else f"frozen: {r['frozen']}"
+        kept = f" -> {r['kept']}" if "kept" in r else ""
+        lines.append(f"group {r['id']:>3}  width {r['width']:>5}{kept}  macs {100 * r['mac_share']:5.1f}%  "
+                     f"producers [{', '.join(r['producers'])}]  consumers [{', '.join(r['consumers'])}]  {state}")
+    return "\n".join(lines)
+
+
+def summary(report: dict) -> str:
+    groups = report["groups"]
+    pruned = sum(1 for g in groups if g["prunable"] and g.get("kept", g["width"]) < g["width"])
+    frozen = sum(1 for g in groups if not g["prunable"])
+    lines = [
+        f"groups: {len(groups)} ({pruned} shrunk, {frozen} frozen)" if frozen < len(groups) else
+        f"nothing to prune: all {len(groups)} channel groups are frozen (see `onnxfuse inspect`); "
+        "the output is an unchanged copy",
+        f"params: {report['params_before']:,} -> {report['params_after']:,} "
+        f"({_ratio(report['params_after'], report['params_before'])})",
+        f"MACs:   {report['macs_before']:,} -> {report['macs_after']:,} "
+        f"({_ratio(report['macs_after'], report['macs_before'])})",
+    ]
+    lines += _repair_lines(report)
+    val = report.get("validation")
+    if val:
+        line = f"validation on {val['samples']} samples of {val['data']} ({val['provider']}):"
+        if "top1_agreement" in val:
+            line += f" top-1 agreement {100 * val['top1_agreement']:.1f}%"
+        if "accuracy_original" in val:
+            line += (f", accuracy {100 * val['accuracy_original']:.2f}% -> "
+                     f"{100 * val['accuracy_compressed']:.2f}%")
+        errors = [o["max_abs_error"] for o in val["outputs"].values() if "max_abs_error" in o]
+        if errors:
+            line += f", max output error {max(errors):.3g}"
+        lines.append(line)
+    lines += _alignment_hint(report)
+    return "\n".join(lines)
+
+
+def _alignment_hint(report: dict) -> list[str]:
+    """On the CPU, widths between two multiples of ONNX Runtime's channel block cost as much as the
+    next multiple: say so when the default --round-to 1 left such widths."""
+    options = report.get("options", {})
+    block = cpu_channel_block()
+    if options.get("round_to") != 1 or options.get("device") not in ("auto", "cpu") or block <= 1:
+        return []
+    unaligned = [g for g in report["groups"] if g["prunable"] and g.get("kept", g["width"]) < g["width"]
+                 and g["kept"] % block]
+    if not unaligned:
+        return []
+    return [f"hint: {len(unaligned)} shrunk groups have widths that are not multiples of {block}, the channel "
+            f"block of ONNX Runtime's CPU convolutions here; --round-to {block} turns MAC savings into "
+            "more latency savings (see `onnxfuse bench`)"]
+
+
+def _repair_lines(report: dict) -> list[str]:
+    """What the repair step recovered: its own fit per group/consumer, and agreement before it."""
+    lines, steps = [], report.get("repair") or []
+    if steps and "output_error_before" in steps[0]:
+        before, after = (np.mean([s[key] for s in steps]) for key in ("output_error_before", "output_error_after"))
+        lines.append(f"lsq repair: {len(steps)} consumers refit, mean relative output error on the calibration "
+                     f"data {before:.3f} -> {after:.3f}")
+    elif steps and "std_error_before" in steps[0]:
+        error = np.mean([s["std_error_before"] for s in steps])
+        lines.append(f"stats repair: {len(steps)} groups; the new channels' std was off its target by "
+                     f"{100 * error:.0f}% on average, matched after")
+    elif steps:
+        lines.append(f"{report['options']['repair']} repair: {len(steps)} steps")
+    before = report.get("validation_before_repair")
+    if before and "top1_agreement" in before:
+        line = f"before repair: top-1 agreement {100 * before['top1_agreement']:.1f}%"
+        if "accuracy_compressed" in before:
+            line += f", accuracy {100 * before['accuracy_compressed']:.2f}%"
+        lines.append(line)
+    return lines
+
+
+def _ratio(after: int, before: int) -> str:
+    return f"{after / before:.3f}x" if before else "n/a"
