@@ -29,10 +29,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.results import finish_accuracy_axis, merge_results, save_figure, write_section  # noqa: E402
 from models import fmnist  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
-from onnxfuse.calibration.data import Dataset
-from onnxfuse.graph.io import load_model
-from onnxfuse.methods.intra_fusion import FusionOptions
-from onnxfuse.runtime.sessions import run, session
+from onnxfuse.calibration.data import Dataset  # noqa: E402
+from onnxfuse.graph.io import load_model  # noqa: E402
+from onnxfuse.methods.intra_fusion import FusionOptions  # noqa: E402
+from onnxfuse.runtime.sessions import run, session  # noqa: E402
 
 METHODS = {
     "Default (prune)": dict(method="prune"),

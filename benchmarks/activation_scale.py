@@ -25,9 +25,9 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.accuracy import METHODS, compress, test_data, zoo_models  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
-from onnxfuse.calibration.capture import with_outputs
-from onnxfuse.graph.io import load_model
-from onnxfuse.runtime.sessions import session
+from onnxfuse.calibration.capture import with_outputs  # noqa: E402
+from onnxfuse.graph.io import load_model  # noqa: E402
+from onnxfuse.runtime.sessions import session  # noqa: E402
 
 SAMPLES = 1000
 

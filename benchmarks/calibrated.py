@@ -35,7 +35,7 @@ sys.path.insert(0, str(ROOT))
 import onnxfuse  # noqa: E402
 from benchmarks.accuracy import accuracy, parse_args, test_data, zoo_models  # noqa: E402
 from benchmarks.results import finish_accuracy_axis, merge_results, save_figure, write_section  # noqa: E402
-from onnxfuse.graph.io import load_model
+from onnxfuse.graph.io import load_model  # noqa: E402
 
 CALIB = str(ROOT / "models" / "data" / "fmnist_calib512.npz")
 

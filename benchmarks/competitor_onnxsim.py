@@ -84,9 +84,9 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from onnxfuse.graph.convert import import_graph
-from onnxfuse.graph.metrics import count_macs
-from onnxfuse.graph.shapes import infer_shapes
+from onnxfuse.graph.convert import import_graph  # noqa: E402
+from onnxfuse.graph.metrics import count_macs  # noqa: E402
+from onnxfuse.graph.shapes import infer_shapes  # noqa: E402
 
 VARIANTS = ("magnitude", "wanda", "magnitude+refit", "wanda+refit")
 CALIB = ROOT / "models" / "data" / "fmnist_calib512.npz"

@@ -36,14 +36,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 import onnxfuse.methods.intra_fusion  # noqa: E402
-
 from benchmarks.accuracy import accuracy, parse_args, test_data, zoo_models  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
 from onnxfuse.api import make_synthetic_calibration  # noqa: E402
-from onnxfuse.graph.io import load_model
-from onnxfuse.methods.channelmap import GroupMap
-from onnxfuse.methods.intra_fusion import fusion_map, member_features
+from onnxfuse.graph.io import load_model  # noqa: E402
+from onnxfuse.methods.channelmap import GroupMap  # noqa: E402
+from onnxfuse.methods.intra_fusion import fusion_map, member_features  # noqa: E402
 
 
 def merging_map(group, tensors, kept, scores, options, activations=None) -> GroupMap:

@@ -25,7 +25,7 @@ import onnxruntime as ort  # noqa: E402
 
 import onnxfuse  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
-from onnxfuse.runtime.timing import cpu_channel_block
+from onnxfuse.runtime.timing import cpu_channel_block  # noqa: E402
 
 MODELS = ["resnet18", "vgg11bn", "mobilenetv2", "resnet50s"]
 

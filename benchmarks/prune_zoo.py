@@ -17,9 +17,9 @@ sys.path.insert(0, str(ROOT))
 
 import onnxfuse  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
-from onnxfuse.calibration.data import load_npz
-from onnxfuse.graph.io import load_model
-from onnxfuse.runtime.sessions import run, session
+from onnxfuse.calibration.data import load_npz  # noqa: E402
+from onnxfuse.graph.io import load_model  # noqa: E402
+from onnxfuse.runtime.sessions import run, session  # noqa: E402
 
 EVAL = ROOT / "models" / "data" / "fmnist_eval2000.npz"
 

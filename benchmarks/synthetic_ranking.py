@@ -27,10 +27,10 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.accuracy import accuracy, test_data, zoo_models  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from onnxfuse import pipeline  # noqa: E402
-from onnxfuse.calibration.data import Dataset, input_specs
-from onnxfuse.calibration.synthetic import GENERATORS, PROBE_SAMPLES, bn_statistics, mismatch
-from onnxfuse.graph.io import load_model
-from onnxfuse.log import progress
+from onnxfuse.calibration.data import Dataset, input_specs  # noqa: E402
+from onnxfuse.calibration.synthetic import GENERATORS, PROBE_SAMPLES, bn_statistics, mismatch  # noqa: E402
+from onnxfuse.graph.io import load_model  # noqa: E402
+from onnxfuse.log import progress  # noqa: E402
 
 PLOT = ROOT / "benchmarks" / "synthetic_ranking.png"
 

@@ -17,7 +17,8 @@ FOLDED = ROOT / "models" / "tinyres_fmnist_folded.onnx"
 
 
 def _analysis():
-    return pipeline.run(pipeline.Context.for_model(pipeline.Options(), onnx.load(FOLDED)), stop_after="analyze").model.analysis
+    ctx = pipeline.Context.for_model(pipeline.Options(), onnx.load(FOLDED))
+    return pipeline.run(ctx, stop_after="analyze").model.analysis
 
 
 def test_a_sensitive_group_is_spared():

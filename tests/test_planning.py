@@ -45,7 +45,8 @@ def test_zero_channels_rank_last(importance):
     n = Net()
     model = zero_dropped_channels(n.model(n.conv(n.relu(n.conv("x", 3, 8)), 8, 4)), 0.5)
     if importance in ("l1", "l2", "lamp"):
-        ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(importance=importance), model), stop_after="score")
+        ctx = pipeline.Context.for_model(pipeline.Options(importance=importance), model)
+        ctx = pipeline.run(ctx, stop_after="score")
         [group] = ctx.model.analysis.prunable
         assert set(np.argsort(ctx.decisions.scores[group.id])[:4]) == {0, 1, 2, 3}
     compressed, _ = onnxfuse.compress(model, 0.5, importance=importance, validate=False, quiet=True)

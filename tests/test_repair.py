@@ -117,7 +117,8 @@ def test_capture_survives_onnx_runtime_fusions(tmp_path):
     options = pipeline.Options(sparsity=0.7, method="prune", repair="stats", calib=str(tmp_path / "calib.npz"),
                                validate=False)
     ctx = pipeline.run(pipeline.Context.for_model(options, str(model)), stop_after="repair")
-    assert len(ctx.report["repair"]) == sum(len(producer_members(ctx.model.analysis.groups[g])) for g in ctx.decisions.space_maps.maps)
+    groups = [ctx.model.analysis.groups[g] for g in ctx.decisions.space_maps.maps]
+    assert len(ctx.report["repair"]) == sum(len(producer_members(group)) for group in groups)
 
 
 def test_capture_memory_does_not_grow_with_the_calibration_set():

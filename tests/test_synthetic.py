@@ -94,7 +94,8 @@ def test_synthetic_calibration_lifts_a_data_free_fusion(eval_images, tmp_path):
     folded = load_model(TINYRES_FOLDED)
 
     def accuracy(**options) -> float:
-        result = pipeline.run(pipeline.Context.for_model(pipeline.Options(method="fuse", validate=False, **options), folded))
+        options = pipeline.Options(method="fuse", validate=False, **options)
+        result = pipeline.run(pipeline.Context.for_model(options, folded))
         logits = run(session(result.model.result, "cpu"), eval_images, 500)[0]
         return float((logits.argmax(1) == eval_images.labels).mean())
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from .layouts import layout_of
 from .view import node_label
 
 
@@ -40,13 +41,11 @@ def _shape(tensor):
     return _static(None if tensor.shape is None else list(tensor.shape))  # constants: no values loaded
 
 
-ORT_FUSED = {"FusedConv": "Conv", "FusedGemm": "Gemm"}  # com.microsoft ops with an activation
-
-
 def _macs(node: gs.Node) -> int:
-    op = ORT_FUSED.get(node.op, node.op) if node.domain == "com.microsoft" else node.op
-    if op not in ("Conv", "ConvTranspose", "Gemm", "MatMul") or len(node.inputs) < 2:
+    layout = layout_of(node)
+    if layout is None or len(node.inputs) < 2:
         return 0
+    op = layout.op
     x, w, y = _shape(node.inputs[0]), _shape(node.inputs[1]), _shape(node.outputs[0])
     if x is None or w is None or y is None or len(w) == 0:
         return 0
@@ -56,6 +55,6 @@ def _macs(node: gs.Node) -> int:
     if op == "ConvTranspose":
         return int(np.prod(x[1:]) * np.prod(w[1:]))
     if op == "Gemm":
-        k = x[0] if node.attrs.get("transA", 0) else x[-1]
+        k = x[layout.data_axis] if layout.data_axis == 0 else x[-1]
         return int(np.prod(y) * k)
     return int(np.prod(y) * x[-1])

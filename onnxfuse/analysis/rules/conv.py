@@ -6,18 +6,14 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...graph.layouts import layout_of
 from ...graph.view import GraphView, node_label
 from ..relations import Couple, Expand, Fixup, Freeze, Local, Member
 from .common import first_output
-from .registry import register_op_rule
+from .registry import register_op_rule, weighted_seeds
 
 
-def conv_seeds(node: gs.Node, g: GraphView) -> list:
-    """A convolution reads channel axis 1 of its input and writes axis 1 of its output."""
-    return [(node.inputs[0].name, 1), (node.outputs[0].name, 1)]
-
-
-@register_op_rule("Conv", "ConvTranspose", seeds=conv_seeds)
+@register_op_rule("Conv", "ConvTranspose", seeds=weighted_seeds)
 def conv(node, tensor, axis, g: GraphView):
     x, w, y = node.inputs[0], node.inputs[1], first_output(node)
     b = g.input(node, 2)
@@ -32,12 +28,12 @@ def conv(node, tensor, axis, g: GraphView):
     groups = int(node.attrs.get("group", 1))
     c_in = g.dim(x, 1)
     c_out = g.dim(y, 1)
-    out_axis, in_axis = (1, 0) if transposed else (0, 1)
+    layout = layout_of(node)
     if groups == 1:
         bias = [Member((y.name, 1), b.name, 0, "shift", label)] if b is not None else []
         if tensor is y:
-            return [Member((y.name, 1), w.name, out_axis, "producer", label, True)] + bias
-        return [Member((x.name, 1), w.name, in_axis, "consumer", label, True)]
+            return [Member((y.name, 1), w.name, layout.out_axis, "producer", label, True)] + bias
+        return [Member((x.name, 1), w.name, layout.in_axis, "consumer", label, True)]
     if groups == c_in and isinstance(c_out, int) and c_out % c_in == 0:
         multiplier = c_out // c_in
         if not transposed or multiplier == 1:
@@ -83,7 +79,7 @@ def _fix_group(node: gs.Node, new_width, new_index):
     node.attrs["group"] = int(new_width((node.inputs[0].name, 1)))
 
 
-@register_op_rule("com.microsoft.FusedConv", seeds=conv_seeds)
+@register_op_rule("com.microsoft.FusedConv", seeds=weighted_seeds)
 def fused_conv(node, tensor, axis, g: GraphView):
     """ONNX Runtime's com.microsoft FusedConv (in models it saves optimised): a Conv, plus an
     optional 4th input Z added before the elementwise activation, coupled like a residual Add."""

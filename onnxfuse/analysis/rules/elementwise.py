@@ -11,10 +11,12 @@ from ..relations import Couple, Fixup, Freeze, Member
 from .common import first_input, first_output, norm_axis
 from .registry import register_op_rule
 
+UNARY_OPS = ("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Dropout", "Identity", "Elu",
+             "Selu", "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Neg", "Abs", "Sqrt", "Exp", "Log",
+             "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "ThresholdedRelu", "Swish", "Sin", "Cos")
 
-@register_op_rule("Relu", "Clip", "Sigmoid", "HardSigmoid", "HardSwish", "LeakyRelu", "Tanh", "Dropout", "Identity", "Elu",
-                  "Selu", "Celu", "Softplus", "Softsign", "Gelu", "Erf", "Mish", "Neg", "Abs", "Sqrt", "Exp", "Log",
-                  "Reciprocal", "Floor", "Ceil", "Round", "Sign", "Cast", "ThresholdedRelu", "Swish", "Sin", "Cos")
+
+@register_op_rule(*UNARY_OPS)
 def unary(node, tensor, axis, g: GraphView):
     """Elementwise on the first input: every axis of input 0 is the same axis of output 0."""
     x, y = first_input(node), first_output(node)

@@ -4,26 +4,14 @@ from __future__ import annotations
 
 import onnx_graphsurgeon as gs
 
+from ...graph.layouts import layout_of
 from ...graph.view import GraphView, node_label
 from ..relations import Couple, Freeze, Member
 from .common import first_output
-from .registry import register_op_rule
+from .registry import register_op_rule, weighted_seeds
 
 
-def gemm_seeds(node: gs.Node, g: GraphView) -> list:
-    x, y = node.inputs[0], node.outputs[0]
-    return [(x.name, 0 if node.attrs.get("transA", 0) else 1), (y.name, 1)]
-
-
-def matmul_seeds(node: gs.Node, g: GraphView) -> list:
-    x, y = node.inputs[0], node.outputs[0]
-    rank_x, rank_y = g.rank(x), g.rank(y)
-    if rank_x is None or rank_y is None:
-        return []
-    return [(x.name, rank_x - 1), (y.name, rank_y - 1)]
-
-
-@register_op_rule("Gemm", "com.microsoft.FusedGemm", seeds=gemm_seeds)
+@register_op_rule("Gemm", "com.microsoft.FusedGemm", seeds=weighted_seeds)
 def gemm(node, tensor, axis, g: GraphView):
     a, w, y = node.inputs[0], node.inputs[1], first_output(node)
     c = g.input(node, 2)
@@ -32,15 +20,14 @@ def gemm(node, tensor, axis, g: GraphView):
         return []
     if not isinstance(w, gs.Constant):
         return [Freeze((tensor.name, axis), f"Gemm with computed weights ({label})")]
-    trans_a, trans_b = int(node.attrs.get("transA", 0)), int(node.attrs.get("transB", 0))
-    feature_axis = 0 if trans_a else 1
+    layout = layout_of(node)
     if tensor is a:
-        if axis != feature_axis:
+        if axis != layout.data_axis:
             return [Freeze((a.name, axis), f"Gemm batch axis ({label})")]
-        return [Member((a.name, axis), w.name, 1 if trans_b else 0, "consumer", label, True)]
+        return [Member((a.name, axis), w.name, layout.in_axis, "consumer", label, True)]
     if tensor is y and axis != 1:
         return [Freeze((y.name, axis), f"Gemm batch axis ({label})")]
-    relations = [Member((y.name, 1), w.name, 0 if trans_b else 1, "producer", label, True)]
+    relations = [Member((y.name, 1), w.name, layout.out_axis, "producer", label, True)]
     if c is not None:
         rank = g.rank(c)
         if g.dim(c, -1) not in (1, None) and rank is not None:
@@ -51,7 +38,7 @@ def gemm(node, tensor, axis, g: GraphView):
     return relations
 
 
-@register_op_rule("MatMul", seeds=matmul_seeds)
+@register_op_rule("MatMul", seeds=weighted_seeds)
 def matmul(node, tensor, axis, g: GraphView):
     a, w, y = node.inputs[0], node.inputs[1], first_output(node)
     label = node_label(node)
@@ -64,5 +51,5 @@ def matmul(node, tensor, axis, g: GraphView):
     if axis != last:
         return [Couple((a.name, axis), (y.name, axis))]  # batch / token axes pass through
     if tensor is a:
-        return [Member((a.name, last), w.name, 0, "consumer", label, True)]
-    return [Member((y.name, last), w.name, 1, "producer", label, True)]
+        return [Member((a.name, last), w.name, layout_of(node).in_axis, "consumer", label, True)]
+    return [Member((y.name, last), w.name, layout_of(node).out_axis, "producer", label, True)]

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 import onnx_graphsurgeon as gs
 
+from ...graph.layouts import layout_of
 from ...graph.view import GraphView, is_onnx_domain, node_label
 from ...registry import Registry
 from ..relations import Freeze, Relation, Space
@@ -44,6 +45,15 @@ def register_op_rule(*ops: str, seeds: Seeds | None = None, replace: bool = Fals
 def op_key(node: gs.Node) -> str:
     """The registry's key: the op type, prefixed with its domain outside the ONNX domain."""
     return node.op if is_onnx_domain(node) else f"{node.domain}.{node.op}"
+
+
+def weighted_seeds(node: gs.Node, g: GraphView) -> list[Space]:
+    """The seeds of a weighted op from the weight-layout table: its data input's and its output's
+    channel axes."""
+    layout = layout_of(node)
+    x, y = node.inputs[0], node.outputs[0]
+    axes = layout.input_axis(g.rank(x)), layout.output_axis(g.rank(y))
+    return [] if None in axes else [(x.name, axes[0]), (y.name, axes[1])]
 
 
 def seed_spaces(node: gs.Node, g: GraphView) -> list[Space]:
