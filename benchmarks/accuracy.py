@@ -69,8 +69,10 @@ def accuracy(model, data: Dataset) -> float:
 
 
 def compress(model, sparsity: float, only_groups=None, **method) -> object:
-    options = pipeline.Options(sparsity=sparsity, validate=False, only_groups=only_groups, **method)
-    return pipeline.run(pipeline.Context.for_model(options, model)).model.result
+    """The model with every prunable group (or only `only_groups`) shrunk at `sparsity`."""
+    ctx = pipeline.Context.for_model(pipeline.Options(sparsity=sparsity, validate=False, **method), model)
+    ctx.decisions.only_groups = only_groups
+    return pipeline.run(ctx).model.result
 
 
 def last_prunable_groups(model, count: int = 3) -> list[int]:

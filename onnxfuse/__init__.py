@@ -1,7 +1,5 @@
 """onnxfuse: shrink exported ONNX networks by merging (Intra-Fusion) or pruning coupled channels."""
 
-from importlib.metadata import PackageNotFoundError, version
-
 from .analysis.rules import register_op_rule
 from .api import bench, compress, inspect, make_calibration, make_synthetic_calibration, sweep, validate
 from .errors import OnnxfuseError
@@ -10,11 +8,7 @@ from .methods.importance import register_importance
 from .pipeline import register_pass
 from .repair import register_repair
 from .training import register_training_method
-
-try:
-    __version__ = version("onnxfuse")
-except PackageNotFoundError:  # run from a source tree that was never installed
-    __version__ = "0.1.0"
+from .version import __version__
 
 __all__ = ["OnnxfuseError", "__version__", "bench", "compress", "inspect", "make_calibration",
            "make_synthetic_calibration", "register_importance", "register_method", "register_op_rule",

@@ -26,6 +26,7 @@ from .pipeline.options import Options
 from .reporting.report import report_paths
 from .reporting.summary import format_groups
 from .runtime.timing import compare_speed, format_bench
+from .version import __version__
 
 # FusionOptions fields (intra_fusion.py carries no CLI metadata): flag, help, choices, type.
 _FUSION_FLAGS = {
@@ -49,8 +50,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from . import __version__
-
     parser = _Parser(prog="onnxfuse", description="Shrink ONNX models by merging or pruning channels.")
     parser.add_argument("--version", action="version", version=f"onnxfuse {__version__}")
     parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
