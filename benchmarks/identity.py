@@ -4,6 +4,7 @@ and record the SHA-256 of every output model and its report (without timings), p
 
     python benchmarks/identity.py --record before.json     # on the old tree
     python benchmarks/identity.py --check before.json      # on the new tree: lists every difference
+    python benchmarks/identity.py --compare before.json after.json --section   # two records; RESULTS.md
 
 It runs the installed `onnxfuse` command of the current environment, so either tree can be measured
 from the same script (copy it next to an old checkout)."""
@@ -20,6 +21,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
 MODELS = ("tinyres", "resnet18", "vgg11bn", "mobilenetv2", "resnet50s")
 CALIB = "models/data/fmnist_calib512.npz"
 SETTINGS = {
@@ -94,23 +96,49 @@ def differences(before, after, path="") -> list[str]:
     return [] if before == after else [f"{path}: {str(before)[:80]} -> {str(after)[:80]}"]
 
 
+def report(recorded: dict, results: dict) -> list[str]:
+    lines = differences({k: v for k, v in recorded.items() if k in results}, results)
+    models = [k for k, v in results.items() if "model" in v]
+    same = sum(recorded.get(k, {}).get("model") == results[k]["model"] for k in models)
+    return [f"{same} of {len(models)} output models byte-identical"] + (lines or ["no difference in models or reports"])
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     action = parser.add_mutually_exclusive_group(required=True)
     action.add_argument("--record", metavar="JSON")
     action.add_argument("--check", metavar="JSON")
+    action.add_argument("--compare", nargs=2, metavar=("BEFORE", "AFTER"))
     parser.add_argument("--only", help="run the cases whose name contains this text")
+    parser.add_argument("--section", action="store_true", help="write the outcome into benchmarks/RESULTS.md")
     args = parser.parse_args()
-    results = measure(args.only)
-    if args.record:
-        Path(args.record).write_text(json.dumps(results, indent=1, sort_keys=True))
-        return 0
-    recorded = json.loads(Path(args.check).read_text())
-    lines = differences({k: v for k, v in recorded.items() if k in results}, results)
-    models_same = sum(recorded[k].get("model") == v.get("model") for k, v in results.items() if k in recorded)
-    print(f"{models_same} of {sum('model' in v for v in results.values())} output models byte-identical")
-    print("\n".join(lines) if lines else "no difference in models or reports")
-    return 1 if lines else 0
+    if args.compare:
+        recorded, results = (json.loads(Path(p).read_text()) for p in args.compare)
+    else:
+        results = measure(args.only)
+        if args.record:
+            Path(args.record).write_text(json.dumps(results, indent=1, sort_keys=True))
+            return 0
+        recorded = json.loads(Path(args.check).read_text())
+    lines = report(recorded, results)
+    print("\n".join(lines))
+    if args.section:
+        from benchmarks.results import write_section
+
+        write_section("Refactoring check (byte identity)", SECTION.format(lines="\n".join(f"- {x}" for x in lines)))
+    return 0 if len(lines) == 2 and lines[1].startswith("no difference") else 1
+
+
+SECTION = """Produced by `python benchmarks/identity.py --record` on the tree before a refactoring and
+`--check` (or `--compare BEFORE AFTER`) after it: the five zoo models × {prune, fuse} × {no data,
+`--calib` (stats repair), `--calib --repair lsq`, `--target-macs 0.5 --allocate sensitivity`} through
+the CLI (`--no-validate`), SHA-256 of every output model and every report without its timings, and
+`inspect --json` of each model.
+
+Restructuring into sub-packages and registries (issue 13), before = commit c5106f7:
+
+{lines}
+"""
 
 
 if __name__ == "__main__":

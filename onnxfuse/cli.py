@@ -1,7 +1,7 @@
 """Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make | calib synth.
 
 The arguments of `compress` are generated from the fields of `pipeline.Options` (their flag, help,
-choices, type, metavar and action metadata) and of `FusionOptions` (flags in `_FUSION_FLAGS`); the
+choices, type, metavar and action metadata) and of `FusionOptions`; the
 other commands take their shared flags from the same fields, and their counts from the defaults of
 the `api` functions, so that no default or choice list is written twice.
 """
@@ -20,7 +20,6 @@ from . import api, log
 from .calibration.images import Preprocess
 from .errors import OnnxfuseError
 from .graph.io import check_output_path, save_model
-from .methods import intra_fusion, ot
 from .methods.intra_fusion import FusionOptions
 from .pipeline.options import Options
 from .reporting.report import report_paths
@@ -28,17 +27,6 @@ from .reporting.summary import format_groups
 from .runtime.timing import compare_speed, format_bench
 from .version import __version__
 
-# FusionOptions fields (intra_fusion.py carries no CLI metadata): flag, help, choices, type.
-_FUSION_FLAGS = {
-    "normalization": {"flag": "--normalization", "choices": intra_fusion.NORMALIZATIONS,
-                      "help": "how fuse applies its transport map (see README)"},
-    "p": {"flag": "--ot-p", "type": int, "choices": (1, 2), "help": "OT ground metric: L1 or L2"},
-    "solver": {"flag": "--ot-solver", "choices": ot.SOLVERS},
-    "reg": {"flag": "--ot-reg", "type": float, "help": "Sinkhorn regularisation"},
-    "marginals": {"flag": "--ot-marginals", "choices": ot.MARGINALS},
-    "features": {"flag": "--ot-features", "choices": intra_fusion.FEATURES,
-                 "help": "OT cost from weights, calibration activations (needs --calib) or both"},
-}
 _OPTION_FIELDS = {f.name: f for f in dataclasses.fields(Options)}
 _VERBOSE_HELP = "let ONNX Runtime's own warnings through (silenced by default)"
 
@@ -79,9 +67,9 @@ def _add_compress(c: argparse.ArgumentParser) -> None:
     dests = []
     for name, f in _OPTION_FIELDS.items():
         if name == "fusion":
-            for fname, default in dataclasses.asdict(FusionOptions()).items():
-                meta = _FUSION_FLAGS[fname]
-                dests.append(_add_option(c, meta["flag"][2:].replace("-", "_"), default, meta))
+            for fusion in dataclasses.fields(FusionOptions):  # flattened: --normalization, --ot-*
+                flag = fusion.metadata.get("flag", "--" + fusion.name)
+                dests.append(_add_option(c, flag[2:].replace("-", "_"), fusion.default, fusion.metadata))
         elif name == "preprocess":
             _add_preprocess_options(c)
         elif f.metadata.get("cli", True):

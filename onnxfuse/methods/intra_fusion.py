@@ -32,6 +32,7 @@ from scipy import sparse
 
 from ..analysis.channels import Group, member_rows
 from ..errors import OnnxfuseError
+from ..fields import option
 from .channelmap import GroupMap
 from .ot import MARGINALS, SOLVERS, transport_plan, unit_rows
 from .registry import register_method
@@ -40,14 +41,16 @@ NORMALIZATIONS = ("reference", "average", "rescale")
 FEATURES = ("weights", "activations", "both")
 
 
-@dataclass
+@dataclass(frozen=True)
 class FusionOptions:
-    normalization: str = "rescale"
-    p: int = 1
-    solver: str = "emd"
-    reg: float = 0.01
-    marginals: str = "uniform"
-    features: str = "weights"  # the OT cost from weights, calibration activations, or both
+    normalization: str = option("rescale", "how fuse applies its transport map (see README)",
+                                choices=NORMALIZATIONS)
+    p: int = option(1, "OT ground metric: L1 or L2", flag="--ot-p", choices=(1, 2))
+    solver: str = option("emd", "", flag="--ot-solver", choices=SOLVERS)
+    reg: float = option(0.01, "Sinkhorn regularisation", flag="--ot-reg")
+    marginals: str = option("uniform", "", flag="--ot-marginals", choices=MARGINALS)
+    features: str = option("weights", "OT cost from weights, calibration activations (needs --calib) or both",
+                           flag="--ot-features", choices=FEATURES)
 
     def check(self) -> None:
         for value, allowed, what in ((self.normalization, NORMALIZATIONS, "normalization"),

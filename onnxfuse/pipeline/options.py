@@ -8,10 +8,11 @@ plumbing (which groups a probe shrinks, counts decided elsewhere) lives in the C
 from __future__ import annotations
 
 import dataclasses
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..calibration.images import Preprocess
 from ..errors import OnnxfuseError
+from ..fields import option
 from ..methods import METHODS
 from ..methods.importance import IMPORTANCES
 from ..methods.intra_fusion import FusionOptions
@@ -22,13 +23,6 @@ from ..runtime.timing import cpu_channel_block
 ALLOCATIONS = ("uniform", "sensitivity")
 REPAIR_MODES = ("auto", "none")  # besides the registered repairs: auto = stats with --calib, else none
 CALIB_SAMPLES = 256
-
-
-def option(default, help: str = "", **cli):
-    """A field with its CLI metadata: help, and optionally flag, choices (a tuple or a callable
-    returning one), type, metavar, action ("store_true", "store_false", "append"), cli=False."""
-    kind = "default_factory" if callable(default) else "default"
-    return field(**{kind: default}, metadata={"help": help, **cli})
 
 
 def repair_choices() -> tuple[str, ...]:
