@@ -66,18 +66,25 @@ def run_inspect(model: str) -> dict:
     return json.loads(done.stdout)
 
 
-def measure(only: str | None) -> dict:
-    results = {}
+def measure(only: str | None, record: Path | None = None) -> dict:
+    """Every case's digests; with `record`, the cases already in that file are kept and each new one
+    is saved as soon as it is measured (an interrupted run resumes)."""
+    results = json.loads(record.read_text()) if record is not None and record.exists() else {}
+    wanted = [case for case in cases() if not only or only in case[0]]
     with tempfile.TemporaryDirectory() as tmp:
-        for name, model, flags in cases():
-            if only and only not in name:
+        for name, model, flags in wanted:
+            if name in results:
                 continue
             start = time.perf_counter()
             results[name] = run_case(model, flags, Path(tmp))
             print(f"{name}: {results[name]['model'][:12]} ({time.perf_counter() - start:.1f} s)", flush=True)
+            if record is not None:
+                record.write_text(json.dumps(results, indent=1, sort_keys=True))
     for model in MODELS:
         if not only or only in model:
             results[f"{model}/inspect"] = {"report": run_inspect(model)}
+    if record is not None:
+        record.write_text(json.dumps(results, indent=1, sort_keys=True))
     return results
 
 
@@ -115,9 +122,8 @@ def main() -> int:
     if args.compare:
         recorded, results = (json.loads(Path(p).read_text()) for p in args.compare)
     else:
-        results = measure(args.only)
+        results = measure(args.only, Path(args.record) if args.record else None)
         if args.record:
-            Path(args.record).write_text(json.dumps(results, indent=1, sort_keys=True))
             return 0
         recorded = json.loads(Path(args.check).read_text())
     lines = report(recorded, results)

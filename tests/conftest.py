@@ -5,7 +5,7 @@ import pytest
 @pytest.fixture
 def work(tmp_path, monkeypatch):
     """A scratch folder (also the current directory) holding the tiny models of test_bad_input."""
-    from tests.test_bad_input import conv_relu_conv, two_inputs
+    from tests.tiny_models import conv_relu_conv, two_inputs
 
     monkeypatch.chdir(tmp_path)
     onnx.save(conv_relu_conv(), tmp_path / "model.onnx")

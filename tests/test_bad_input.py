@@ -7,7 +7,6 @@ prove that nothing but the one line reaches the terminal.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import subprocess
 import sys
@@ -17,9 +16,10 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
-from onnxfuse.cli import main
+from tests.helpers import run_cli
+from tests.tiny_models import assert_user_error, conv_relu_conv, digest, single_conv, single_relu, snapshot
 
 ROOT = Path(__file__).resolve().parents[1]
 TINYRES = ROOT / "models" / "tinyres_fmnist_folded.onnx"
@@ -30,103 +30,8 @@ EVAL = ROOT / "models" / "data" / "fmnist_eval2000.npz"
 # tiny models
 
 
-def _conv(name, x, y, cin, cout, k, rng):
-    w = numpy_helper.from_array(rng.standard_normal((cout, cin, k, k)).astype(np.float32), f"{name}.w")
-    b = numpy_helper.from_array(rng.standard_normal(cout).astype(np.float32), f"{name}.b")
-    node = helper.make_node("Conv", [x, w.name, b.name], [y], name=name, pads=[k // 2] * 4)
-    return node, [w, b]
-
-
-def conv_relu_conv() -> onnx.ModelProto:
-    """x (N,3,8,8) -> Conv(8) -> Relu -> Conv(4) -> y (N,4,8,8): one prunable group of width 8."""
-    rng = np.random.default_rng(0)
-    c1, i1 = _conv("conv1", "x", "h", 3, 8, 3, rng)
-    c2, i2 = _conv("conv2", "r", "y", 8, 4, 1, rng)
-    relu = helper.make_node("Relu", ["h"], ["r"], name="relu")
-    graph = helper.make_graph(
-        [c1, relu, c2], "crc",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], i1 + i2)
-    return _finish(graph)
-
-
-def two_inputs() -> onnx.ModelProto:
-    """Image `a` (N,3,8,8) through Conv-Relu-Conv, plus an int64 input `ids` (N,4) cast to float."""
-    rng = np.random.default_rng(1)
-    c1, i1 = _conv("conv1", "a", "h", 3, 8, 3, rng)
-    c2, i2 = _conv("conv2", "r", "y", 8, 4, 1, rng)
-    relu = helper.make_node("Relu", ["h"], ["r"], name="relu")
-    cast = helper.make_node("Cast", ["ids"], ["z"], name="cast", to=TensorProto.FLOAT)
-    graph = helper.make_graph(
-        [c1, relu, c2, cast], "two",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, ["N", 3, 8, 8]),
-         helper.make_tensor_value_info("ids", TensorProto.INT64, ["N", 4])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8]),
-         helper.make_tensor_value_info("z", TensorProto.FLOAT, ["N", 4])], i1 + i2)
-    return _finish(graph)
-
-
-def single_relu() -> onnx.ModelProto:
-    graph = helper.make_graph(
-        [helper.make_node("Relu", ["x"], ["y"], name="relu")], "relu",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 3, 8, 8])])
-    return _finish(graph)
-
-
-def single_conv() -> onnx.ModelProto:
-    conv, inits = _conv("conv", "x", "y", 3, 4, 3, np.random.default_rng(2))
-    graph = helper.make_graph(
-        [conv], "conv",
-        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", 3, 8, 8])],
-        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["N", 4, 8, 8])], inits)
-    return _finish(graph)
-
-
-def _finish(graph) -> onnx.ModelProto:
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 8
-    onnx.checker.check_model(model, full_check=True)
-    return model
-
-
 # ---------------------------------------------------------------------------------------------
 # fixtures and the common assertion
-
-
-def _digest(path: Path) -> str | None:
-    return hashlib.sha256(path.read_bytes()).hexdigest() if path.is_file() else None
-
-
-def _snapshot(root: Path) -> dict[str, str | None]:
-    """Every path under `root` with the hash of its bytes (None for folders and dangling links)."""
-    return {str(p.relative_to(root)): _digest(p) for p in sorted(root.rglob("*"))}
-
-
-def run_cli(argv: list[str], capsys) -> tuple[int, str, str]:
-    try:
-        code = main([str(a) for a in argv])
-    except SystemExit as exc:  # argparse errors exit through sys.exit(2)
-        code = exc.code
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def assert_user_error(argv: list, capsys, root: Path, match: str | None = None) -> str:
-    """Exit 2, exactly one stderr line `error: ...`, nothing on stdout, and the folder unchanged:
-    no file written or removed (no output, no report, no temporary file), no byte of any input changed."""
-    before = _snapshot(root)
-    code, out, err = run_cli(argv, capsys)
-    assert "Traceback" not in out + err
-    assert code == 2, (code, err)
-    lines = err.splitlines()
-    assert len(lines) == 1 and err.endswith("\n"), err
-    assert lines[0].startswith("error: "), err
-    assert out == ""
-    assert _snapshot(root) == before
-    if match is not None:
-        assert match in lines[0], lines[0]
-    return lines[0]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -434,12 +339,12 @@ def test_model_without_prunable_group_is_copied(tmp_path, capsys, build):
     model = build()
     src, dst = tmp_path / "in.onnx", tmp_path / "out.onnx"
     onnx.save(model, src)
-    before = _digest(src)
+    before = digest(src)
     code, _, err = run_cli(["compress", src, "-o", dst, "--sparsity", "0.5", "--report", tmp_path / "r.json"],
                            capsys)
     assert code == 0, err
     assert "Traceback" not in err
-    assert _digest(src) == before
+    assert digest(src) == before
     out = onnx.load(dst)
     onnx.checker.check_model(out, full_check=True)
     assert [i.name for i in out.graph.input] == [i.name for i in model.graph.input]
@@ -457,7 +362,7 @@ def test_model_without_prunable_group_is_copied(tmp_path, capsys, build):
 
 def test_subprocess_prints_one_line_and_exits_2(work):
     (work / "random.onnx").write_bytes(np.random.default_rng(0).bytes(2048))
-    before = _snapshot(work)
+    before = snapshot(work)
     env = dict(os.environ, PYTHONPATH=str(ROOT))
     proc = subprocess.run([sys.executable, "-m", "onnxfuse.cli", "compress", "random.onnx", "-o", "out.onnx",
                            "--sparsity", "0.5"], cwd=work, env=env, capture_output=True, text=True,
@@ -467,4 +372,4 @@ def test_subprocess_prints_one_line_and_exits_2(work):
     assert "Traceback" not in proc.stderr
     lines = proc.stderr.splitlines()
     assert len(lines) == 1 and lines[0].startswith("error: random.onnx"), proc.stderr
-    assert _snapshot(work) == before
+    assert snapshot(work) == before

@@ -18,7 +18,7 @@ from onnxfuse import pipeline
 from onnxfuse.planning.latency import LatencyProbe
 from onnxfuse.runtime.timing import cpu_channel_block
 from tests.helpers import run_cli
-from tests.test_bad_input import assert_user_error, conv_relu_conv, single_conv
+from tests.tiny_models import assert_user_error, conv_relu_conv, single_conv
 
 ROOT = Path(__file__).resolve().parents[1]
 TINYRES = ROOT / "models" / "tinyres_fmnist_folded.onnx"
