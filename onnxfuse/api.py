@@ -26,7 +26,7 @@ from .errors import OnnxfuseError
 from .graph.convert import import_graph
 from .graph.io import check_model, check_output_path, load_model
 from .graph.metrics import count_macs, count_params
-from .graph.shapes import infer_shapes, with_input_shapes
+from .graph.shapes import infer_shapes, mac_graph
 from .methods import METHODS
 from .reporting.report import write_report, write_text
 from .reporting.summary import group_rows, summary
@@ -191,9 +191,7 @@ def load(model: ModelLike) -> onnx.ModelProto:
 def _counts(model: onnx.ModelProto, shapes: dict) -> tuple[int, int]:
     """Parameters and MACs (at batch 1; `shapes` for dynamic input dimensions)."""
     graph = infer_shapes(import_graph(model), model)
-    if shapes:
-        graph = with_input_shapes(graph, model, shapes)
-    return count_params(graph), count_macs(graph)
+    return count_params(graph), count_macs(mac_graph(graph, model, shapes))
 
 
 def _check_sweep_inputs(original: onnx.ModelProto, methods: tuple[str, ...], options: dict) -> None:

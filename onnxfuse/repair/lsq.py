@@ -58,7 +58,7 @@ def _refit(graph, like, original, space_maps: SpaceMaps, node: gs.Node, data: Da
     rng = np.random.default_rng(seed)
     xtx = xty = None
     yty = 0.0
-    out_map = _output_map(space_maps, node, y_name)
+    out_map = _output_map(space_maps, node, layout, y_name)
     for feeds in data.batches(32):
         x = sess_new.run([x_name], feeds)[0].astype(np.float64)
         y = sess_old.run([y_name], feeds)[0].astype(np.float64)
@@ -94,9 +94,9 @@ def _current_solution(node: gs.Node, layout: WeightLayout) -> np.ndarray:
     return np.concatenate([weights.T, (np.zeros(len(weights)) if bias is None else bias)[None, :]], axis=0)
 
 
-def _output_map(space_maps: SpaceMaps, node: gs.Node, y_name: str):
+def _output_map(space_maps: SpaceMaps, node: gs.Node, layout: WeightLayout, y_name: str):
     """Old → new output channels of the consumer (its producer map), None when unchanged."""
-    space = (y_name, layout_of(node).output_axis(len(node.outputs[0].shape or [0, 0])))
+    space = (y_name, layout.output_axis(len(node.outputs[0].shape or [0, 0])))
     if space not in space_maps.touching:
         return None
     return space_maps.matrix(space, "producer")
