@@ -21,5 +21,5 @@ class Repair(Pass):
                                                              cal.data, ctx.options.device,
                                                              original_path=model.original_path)
         job = RepairJob(model.graph, model.original, model.before_fuse, model.analysis, ctx.decisions.space_maps,
-                        cal.calib, ctx.options.seed)
+                        cal.calib, ctx.options.seed, cal.original_outputs)
         ctx.report["repair"] = REPAIRS.get(method)(job)

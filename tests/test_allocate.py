@@ -49,12 +49,12 @@ def test_sensitivity_allocation_meets_the_budget_and_is_not_worse_than_uniform(t
 
 def test_probes_judge_the_repair_on_samples_it_did_not_fit():
     from onnxfuse.calibration.data import Dataset
-    from onnxfuse.planning.probes import PROBE_SAMPLES, split_calibration
+    from onnxfuse.planning.probes import HELD_OUT_DIVISOR, PROBE_SAMPLES
 
     for n in (2, 9, 256, 2000):
         x = np.arange(n, dtype=np.float32)[:, None]
-        fit, held = split_calibration(Dataset({"x": x}))
+        fit, held = Dataset({"x": x}).split(HELD_OUT_DIVISOR, PROBE_SAMPLES)
         assert len(fit) + len(held) == n and 1 <= len(held) <= min(PROBE_SAMPLES, n // 2)
         assert not set(fit.feeds["x"][:, 0]) & set(held.feeds["x"][:, 0])
     one = Dataset({"x": np.zeros((1, 1), np.float32)})
-    assert split_calibration(one) == (one, one)  # nothing to hold out
+    assert one.split() == (one, one)  # nothing to hold out

@@ -38,13 +38,70 @@ def with_outputs(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
     return extended
 
 
+def outputs_only(model: onnx.ModelProto, names: list[str]) -> onnx.ModelProto:
+    """A copy of `model` whose outputs are the tensors `names` and whose nodes are only those they
+    depend on: ONNX Runtime runs every node of a graph whatever outputs are fetched, so reading a
+    tensor half-way costs half a run only on the cut graph."""
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    needed, stack, keep = set(), list(names), set()
+    while stack:
+        name = stack.pop()
+        if name in needed:
+            continue
+        needed.add(name)
+        node = producer.get(name)
+        if node is not None and id(node) not in keep:
+            keep.add(id(node))
+            stack.extend(n for n in list(node.input) + _captured_names(node) if n)
+    cut = onnx.ModelProto()
+    cut.CopyFrom(model)
+    del cut.graph.node[:]
+    cut.graph.node.extend(n for n in graph.node if id(n) in keep)
+    del cut.graph.initializer[:]
+    cut.graph.initializer.extend(t for t in graph.initializer if t.name in needed)
+    del cut.graph.output[:]
+    cut.graph.output.extend(helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, None) for n in names)
+    return cut
+
+
+def _captured_names(node: onnx.NodeProto) -> list[str]:
+    """Outer-scope names read inside a node's subgraphs (If/Loop/Scan bodies)."""
+    names = []
+    for attr in node.attribute:
+        for sub in list(attr.g.node if attr.HasField("g") else []) + [n for g in attr.graphs for n in g.node]:
+            names.extend(sub.input)
+            names.extend(_captured_names(sub))
+    return names
+
+
+class OutputCache:
+    """What the original model computes at some tensor on some data (a tuple of arrays), kept
+    across the repairs of one compress, its probes included, up to `limit` bytes; beyond that,
+    computed again."""
+
+    def __init__(self, limit: int = 1 << 30):
+        self._items: dict[tuple, tuple] = {}
+        self._limit, self._size = limit, 0
+
+    def get(self, key: tuple, compute) -> tuple:
+        if key in self._items:
+            return self._items[key]
+        value = compute()
+        size = sum(a.nbytes for a in value)
+        if self._size + size <= self._limit:
+            self._items[key] = value
+            self._size += size
+        return value
+
+
 def channel_stats(model: onnx.ModelProto, data: Dataset, tensors: dict[str, int], batch_size: int = 64,
                   device: str = "cpu", label: str | None = "capture", sess=None) -> dict[str, ChannelStats]:
     """Mean and variance of every channel of each tensor (name → channel axis) over all other axes.
     `sess`: a session of `model` that outputs the tensors already (when called many times);
     `label` None: no progress bar."""
     names = list(tensors)
-    sess = sess or session(with_outputs(model, names), device, fuse_nodes=False)
+    sess = sess or session(outputs_only(model, names), device, fuse_nodes=False)
     acc = {name: [0, 0.0, 0.0, 0.0] for name in names}
     batches = -(-len(data) // batch_size)
     for feeds in progress(data.batches(batch_size), total=batches, desc=label):
@@ -69,7 +126,7 @@ def sampled_activations(model: onnx.ModelProto, data: Dataset, tensors: dict[str
     random spatial positions (all of them for tensors without spatial axes), the same for every
     channel, so columns are comparable across channels."""
     names = list(tensors)
-    sess = session(with_outputs(model, names), device, fuse_nodes=False)
+    sess = session(outputs_only(model, names), device, fuse_nodes=False)
     rng = np.random.default_rng(seed)
     parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
     total = -(-len(data) // batch_size)

@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import zipfile
 from dataclasses import dataclass
@@ -36,6 +37,24 @@ class Dataset:
     def batches(self, size: int):
         for start in range(0, len(self), size):
             yield {k: v[start: start + size] for k, v in self.feeds.items()}
+
+    def split(self, divisor: int = 4, most: int | None = None) -> tuple[Dataset, Dataset]:
+        """(samples to fit on, the last 1/`divisor` of them, at most `most`, held out to judge the fit);
+        both are the whole set when it has fewer than 2 samples."""
+        n = len(self)
+        if n < 2:
+            return self, self
+        held = max(n // divisor, 1) if most is None else min(max(n // divisor, 1), most)
+        return (Dataset({k: v[:n - held] for k, v in self.feeds.items()}),
+                Dataset({k: v[n - held:] for k, v in self.feeds.items()}))
+
+    def fingerprint(self) -> str:
+        """A digest of the inputs: caches of what the original model computes on them key on it."""
+        digest = hashlib.sha1()
+        for name in sorted(self.feeds):
+            digest.update(name.encode())
+            digest.update(np.ascontiguousarray(self.feeds[name]).tobytes())
+        return digest.hexdigest()
 
 
 def input_specs(model: onnx.ModelProto) -> list[InputSpec]:

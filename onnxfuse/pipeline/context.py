@@ -11,6 +11,7 @@ import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.channels import Analysis
+from ..calibration.capture import OutputCache
 from ..calibration.data import Dataset
 from ..methods.channelmap import GroupMap, SpaceMaps
 from .options import Options
@@ -43,6 +44,7 @@ class CalibrationState:
     data: Dataset | None = None  # validation data
     activity: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> mean |activation| per channel
     activations: dict[int, np.ndarray] = field(default_factory=dict)  # group id -> (width, samples)
+    original_outputs: OutputCache = field(default_factory=OutputCache)  # shared with the probes' repairs
 
 
 @dataclass

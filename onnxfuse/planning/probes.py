@@ -20,7 +20,8 @@ from ..graph.convert import runnable
 from ..runtime.sessions import run, session
 
 PROBE_SAMPLES = 128  # at most, held out from the probe's repair
-HELD_OUT_DIVISOR = 4  # a quarter of the calibration samples judge the probes
+HELD_OUT_DIVISOR = 4  # a quarter of the calibration samples judge the probes: a repair fitted and judged
+# on the same samples looks better the more it overfits, which would favour plans that leave many small refits
 DAMAGE_PASSES = ("plan", "fuse", "repair")
 PRUNED_PASSES = ("score", "plan", "fuse", "emit")
 
@@ -36,7 +37,7 @@ class Probes:
         """Output damage of the configured method and repair with some options changed, the repair
         fitted on part of the calibration data and judged on the held-out rest."""
         ctx = self._ctx
-        fit, held_out = split_calibration(ctx.calibration.calib)
+        fit, held_out = ctx.calibration.calib.split(HELD_OUT_DIVISOR, PROBE_SAMPLES)
         options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
                                       validate=False, **changes)
         probe = self._fork(options, dataclasses.replace(ctx.calibration, calib=fit), only_groups, fixed_counts)
@@ -67,15 +68,3 @@ def output_damage(original, compressed, data: Dataset) -> float:
     ref = run(session(original, "cpu"), data, 64)[0].astype(np.float64)
     out = run(session(compressed, "cpu"), data, 64)[0].astype(np.float64)
     return float(((out - ref) ** 2).mean() / max(ref.var(), 1e-12))
-
-
-def split_calibration(calib: Dataset) -> tuple[Dataset, Dataset]:
-    """(samples the probe's repair fits on, samples its damage is measured on): a repair fitted
-    and judged on the same samples looks better the more it overfits, which would favour plans
-    that leave many small refits."""
-    n = len(calib)
-    if n < 2:
-        return calib, calib  # nothing to hold out
-    held = min(max(n // HELD_OUT_DIVISOR, 1), PROBE_SAMPLES)
-    return (Dataset({k: v[:n - held] for k, v in calib.feeds.items()}),
-            Dataset({k: v[n - held:] for k, v in calib.feeds.items()}))

@@ -1,18 +1,29 @@
 """Least-squares repair: refit every consumer of a shrunk group on calibration data.
 
 For each consumer (Conv with group 1, Gemm, MatMul) that reads a mapped group, in graph order:
-its input in the new model (after the upstream refits) is unfolded into patches at sampled output
-positions (im2col), its output in the original model is mapped into the new output channels, and
-a ridge regression fits new weights and bias. Only the normal equations XᵀX and XᵀY are kept, so
-memory does not grow with the number of calibration samples.
+its input in the new model (after the upstream refits) is unfolded into patches (im2col), its
+output in the original model is mapped into the new output channels, and a ridge regression fits
+new weights and bias. Only the normal equations XᵀX and XᵀY are kept, accumulated in chunks, so
+memory does not grow with the number of samples or positions.
+
+A refit must not memorise the calibration set: the samples are split, the last quarter held out;
+the ridge strength is the one with the least held-out error; a refit that does not beat the
+consumer's present (fused) weights on the held-out samples is not written; the written refit is
+solved on all samples. Rows: every output position, unless that gives more than ROWS_PER_COLUMN
+rows per fitted column, then that many rows spread over the samples (at least MIN_POSITIONS
+positions per sample).
 """
 
 from __future__ import annotations
 
+import zlib
+from dataclasses import dataclass
+
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
-from ..calibration.capture import with_outputs
+from ..calibration.capture import outputs_only
 from ..calibration.data import Dataset
 from ..graph.convert import runnable
 from ..graph.layouts import (
@@ -28,8 +39,12 @@ from ..methods.channelmap import SpaceMaps
 from ..runtime.sessions import session
 from .registry import RepairJob, register_repair
 
-POSITIONS = 16  # sampled output positions per input for convolutions
-RIDGE = 1e-5  # relative to the mean diagonal of XᵀX
+HELD_OUT_DIVISOR = 4
+ROWS_PER_COLUMN = 16
+MIN_POSITIONS = 16
+RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # relative to the mean diagonal of XᵀX
+CHUNK_VALUES = 1 << 22  # patch values per streamed chunk (32 MB in float64)
+BATCH = 32
 
 
 @register_repair("lsq")
@@ -39,50 +54,190 @@ def repair_lsq(job: RepairJob) -> list[dict]:
     nodes = {node.name: node for node in graph.nodes}
     consumers = sorted({m.node for gid in space_maps.maps for m in analysis.groups[gid].members
                         if m.role == "consumer" and m.scored}, key=lambda n: order.get(n, 0))
+    fit, held = job.data.split(HELD_OUT_DIVISOR)
+    original_columns = _original_columns(job.original)
     report = []
     for name in progress(consumers, desc="least-squares repair"):
         node = nodes[name]
         if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft":
             continue  # grouped convs; ORT's fused ops, whose outputs are after their activation
-        report.append(_refit(graph, job.like, job.original, space_maps, node, job.data, job.seed))
+        report.append(_refit(job, node, fit, held, original_columns))
     return report
 
 
-def _refit(graph, like, original, space_maps: SpaceMaps, node: gs.Node, data: Dataset, seed: int) -> dict:
-    x_name, y_name = node.inputs[0].name, node.outputs[0].name
+@dataclass
+class NormalEquations:
+    xtx: np.ndarray | float = 0.0
+    xty: np.ndarray | float = 0.0
+    yty: float = 0.0
+    rows: int = 0
+
+    def add(self, x: np.ndarray, y: np.ndarray) -> None:
+        self.xtx = self.xtx + x.T @ x
+        self.xty = self.xty + x.T @ y
+        self.yty += float(np.sum(y * y))
+        self.rows += len(x)
+
+    def __add__(self, other: NormalEquations) -> NormalEquations:
+        return NormalEquations(self.xtx + other.xtx, self.xty + other.xty, self.yty + other.yty,
+                               self.rows + other.rows)
+
+    def error(self, solution: np.ndarray) -> float:
+        """‖Y − X·S‖ / ‖Y‖ over the rows, from the normal equations alone."""
+        squared = self.yty - 2 * np.sum(solution * self.xty) + np.sum(solution * (self.xtx @ solution))
+        return float(np.sqrt(max(squared, 0.0) / max(self.yty, 1e-300)))
+
+    def solve(self, ridge: float) -> np.ndarray:
+        return self.solutions((ridge,))[ridge]
+
+    def solutions(self, ridges) -> dict[float, np.ndarray]:
+        """The ridge solution for each strength (relative to the mean diagonal), from one eigendecomposition."""
+        values, vectors = np.linalg.eigh(self.xtx)
+        scale = max(float(np.mean(np.diag(self.xtx))), 1e-12)
+        projected = vectors.T @ self.xty
+        return {r: vectors @ (projected / (np.maximum(values, 0.0) + r * scale)[:, None]) for r in ridges}
+
+
+def _refit(job: RepairJob, node: gs.Node, fit: Dataset, held: Dataset, original_columns: dict) -> dict:
     layout = layout_of(node)
     with_bias = layout.bias is not None  # a MatMul has no bias input: fit the weights alone
-    new_model = with_outputs(runnable(graph, like), [x_name])
-    old_model = with_outputs(original, [y_name])
-    sess_new, sess_old = session(new_model, "cpu", fuse_nodes=False), session(old_model, "cpu", fuse_nodes=False)
-    rng = np.random.default_rng(seed)
-    xtx = xty = None
-    yty = 0.0
-    out_map = _output_map(space_maps, node, layout, y_name)
-    for feeds in data.batches(32):
-        x = sess_new.run([x_name], feeds)[0].astype(np.float64)
-        y = sess_old.run([y_name], feeds)[0].astype(np.float64)
-        patches, targets = _samples(node, x, y, rng)
-        if out_map is not None:
-            targets = np.asarray(out_map @ targets.T).T
-        if with_bias:
-            patches = np.concatenate([patches, np.ones((len(patches), 1))], axis=1)
-        xtx = patches.T @ patches if xtx is None else xtx + patches.T @ patches
-        xty = patches.T @ targets if xty is None else xty + patches.T @ targets
-        yty += float(np.sum(targets * targets))
-    ridge = RIDGE * max(np.trace(xtx) / len(xtx), 1e-12)
-    solution = np.linalg.solve(xtx + ridge * np.eye(len(xtx)), xty)  # (D [+ 1], C_out)
-    error_before = _relative_error(_current_solution(node, layout), xtx, xty, yty)
-    weights, bias = (solution[:-1].T, solution[-1]) if with_bias else (solution.T, None)
-    change = _write(node, layout, weights, bias)
-    return {"node": node.name, "features": int(weights.shape[1]), "relative_weight_change": change,
-            "output_error_before": error_before, "output_error_after": _relative_error(solution, xtx, xty, yty)}
+    sess_new = session(outputs_only(runnable(job.graph, job.like), [node.inputs[0].name]), "cpu", fuse_nodes=False)
+    out_map = _output_map(job.space_maps, node, layout, node.outputs[0].name)
+    columns = _columns(node.op, np.asarray(node.inputs[1].values).shape, node.attrs.get("transB", 0)) + with_bias
+    per_sample = _positions_per_sample(node, original_columns.get(node.name, columns - with_bias) + with_bias,
+                                       len(fit))
+    fitted, judged = (_equations(job, node, sess_new, part, per_sample, out_map, with_bias) for part in (fit, held))
+    current = _current_solution(node, layout)
+    row = {"node": node.name, "columns": columns}
+    if fit is held:  # too few samples to hold any out: nothing to choose by
+        ridge, refit = RIDGES[1], True
+    else:
+        errors = {r: judged.error(solution) for r, solution in fitted.solutions(RIDGES).items()}
+        ridge = min(errors, key=errors.get)
+        before = judged.error(current)
+        refit = errors[ridge] < before
+        row.update(held_out_rows=judged.rows, held_out_error_before=before, held_out_error_refit=errors[ridge])
+        fitted = fitted + judged  # what is written is solved on every sample
+    solution = fitted.solve(ridge) if refit else current
+    row.update(rows=fitted.rows, ridge=ridge, refit=refit, output_error_before=fitted.error(current),
+               output_error_after=fitted.error(solution), relative_weight_change=0.0)
+    if refit:
+        weights, bias = (solution[:-1].T, solution[-1]) if with_bias else (solution.T, None)
+        row["relative_weight_change"] = _write(node, layout, weights, bias)
+    return row
 
 
-def _relative_error(solution: np.ndarray, xtx: np.ndarray, xty: np.ndarray, yty: float) -> float:
-    """‖Y − X·S‖ / ‖Y‖ on the sampled positions, from the normal equations alone."""
-    squared = yty - 2 * np.sum(solution * xty) + np.sum(solution * (xtx @ solution))
-    return float(np.sqrt(max(squared, 0.0) / max(yty, 1e-300)))
+def _equations(job, node, sess_new, data: Dataset, per_sample, out_map, with_bias) -> NormalEquations:
+    """XᵀX, XᵀY of the consumer over `data`; the original's targets come from the job's cache."""
+    equations = NormalEquations()
+    x_name, y_name = node.inputs[0].name, node.outputs[0].name
+    fingerprint = data.fingerprint()
+    original = []  # the original cut at the consumer's output, a session made on the first cache miss
+    for index, feeds in enumerate(data.batches(BATCH)):
+        x = sess_new.run([x_name], feeds)[0]
+
+        def targets(feeds=feeds, index=index):
+            if not original:
+                original.append(session(outputs_only(job.original, [y_name]), "cpu", fuse_nodes=False))
+            y = original[0].run([y_name], feeds)[0]
+            return _sampled_targets(node, y, per_sample, np.random.default_rng((job.seed, index, _crc(node.name))))
+
+        picked, y_rows = job.cache.get(("lsq", y_name, fingerprint, index, per_sample, job.seed), targets)
+        for rows, patches in _patch_chunks(node, x, picked):
+            target = y_rows[rows].astype(np.float64)
+            if out_map is not None:
+                target = np.asarray(out_map @ target.T).T
+            if with_bias:
+                patches = np.concatenate([patches, np.ones((len(patches), 1))], axis=1)
+            equations.add(patches, target)
+    return equations
+
+
+def _crc(text: str) -> int:
+    return zlib.crc32(text.encode())
+
+
+def _columns(op: str, weight_shape, trans_b: int = 0) -> int:
+    """Input columns of a consumer's least-squares problem (bias not counted)."""
+    if op == "Conv":
+        return int(np.prod(weight_shape[1:]))
+    return int(weight_shape[1] if op == "Gemm" and trans_b else weight_shape[0])
+
+
+def _original_columns(original: onnx.ModelProto) -> dict[str, int]:
+    """Columns of every node of the original: the rows sampled per consumer depend on it alone, so
+    the original's targets can be cached across probes that shrink the consumer's input differently."""
+    shapes = {t.name: list(t.dims) for t in original.graph.initializer}
+    columns = {}
+    for node in original.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in shapes:
+            trans_b = next((a.i for a in node.attribute if a.name == "transB"), 0)
+            columns[node.name] = _columns(node.op_type, shapes[node.input[1]], trans_b)
+    return columns
+
+
+def _positions_per_sample(node: gs.Node, columns: int, samples: int) -> int | None:
+    """Output positions per sample for a Conv (None: all of them)."""
+    if node.op != "Conv":
+        return None
+    return max(MIN_POSITIONS, -(-ROWS_PER_COLUMN * columns // max(samples, 1)))
+
+
+def _sampled_targets(node, y: np.ndarray, per_sample: int | None, rng) -> tuple[np.ndarray, np.ndarray]:
+    """(which positions, float32 original outputs there as rows): Gemm/MatMul rows are samples
+    (and leading axes); a Conv's are (sample, output position) pairs, all or `per_sample` each."""
+    if node.op != "Conv":
+        return np.zeros(0, np.int64), y.reshape(-1, y.shape[-1]).astype(np.float32)
+    flat = np.moveaxis(y.reshape(y.shape[0], y.shape[1], -1), 1, 2)  # (n, P, C_out)
+    n, positions = flat.shape[:2]
+    if per_sample is None or per_sample >= positions:
+        picked = np.broadcast_to(np.arange(positions), (n, positions))
+    else:
+        picked = np.sort(np.argsort(rng.random((n, positions)), axis=1)[:, :per_sample], axis=1)
+    rows = np.take_along_axis(flat, picked[:, :, None], axis=1).reshape(-1, flat.shape[2])
+    return np.ascontiguousarray(picked), rows.astype(np.float32)
+
+
+def _patch_chunks(node: gs.Node, x: np.ndarray, picked: np.ndarray):
+    """(row indices, input patches) in chunks of at most CHUNK_VALUES values."""
+    if node.op == "Gemm":
+        x = x.T if node.attrs.get("transA", 0) else x
+        yield slice(None), x.astype(np.float64)
+        return
+    if node.op == "MatMul":
+        yield slice(None), x.reshape(-1, x.shape[-1]).astype(np.float64)
+        return
+    count = picked.shape[1]
+    width = x.shape[1] * int(np.prod(np.asarray(node.inputs[1].values).shape[2:]))
+    step = max(1, CHUNK_VALUES // max(count * width, 1))
+    for start in range(0, len(x), step):
+        stop = min(start + step, len(x))
+        yield slice(start * count, stop * count), _conv_patches(node, x[start:stop], picked[start:stop])
+
+
+def _conv_patches(node, x: np.ndarray, picked: np.ndarray) -> np.ndarray:
+    """(n·count, C·k) input patches of the output positions `picked` (n, count), float64."""
+    kernel = np.asarray(node.inputs[1].values).shape[2:]
+    nd = len(kernel)
+    strides = list(node.attrs.get("strides", [1] * nd))
+    dilations = list(node.attrs.get("dilations", [1] * nd))
+    pads = list(node.attrs.get("pads", [0] * 2 * nd))
+    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
+        raise NotImplementedError("least-squares repair of a Conv with auto_pad SAME")
+    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
+    out_spatial = [(padded.shape[2 + d] - dilations[d] * (kernel[d] - 1) - 1) // strides[d] + 1 for d in range(nd)]
+    coords = np.unravel_index(picked, out_spatial)  # nd arrays (n, count)
+    offsets = np.stack(np.meshgrid(*[np.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, nd)
+    positions = [coords[d][:, :, None] * strides[d] + offsets[None, None, :, d] * dilations[d] for d in range(nd)]
+    return _gather(padded, positions).reshape(picked.size, -1).astype(np.float64)
+
+
+def _gather(padded: np.ndarray, positions: list[np.ndarray]) -> np.ndarray:
+    """padded (N, C, *S) at positions[d] (N, count, K) → (N, count, C, K)."""
+    batch = np.arange(padded.shape[0])[:, None, None]
+    moved = np.moveaxis(padded, 1, -1)  # (N, *S, C)
+    picked = moved[(batch,) + tuple(positions)]  # (N, count, K, C)
+    return np.moveaxis(picked, -1, 2)  # (N, count, C, K)
 
 
 def _current_solution(node: gs.Node, layout: WeightLayout) -> np.ndarray:
@@ -100,45 +255,6 @@ def _output_map(space_maps: SpaceMaps, node: gs.Node, layout: WeightLayout, y_na
     if space not in space_maps.touching:
         return None
     return space_maps.matrix(space, "producer")
-
-
-def _samples(node: gs.Node, x: np.ndarray, y: np.ndarray, rng) -> tuple[np.ndarray, np.ndarray]:
-    """Rows of (input patch, original output) pairs."""
-    if node.op == "Gemm":
-        x = x.T if node.attrs.get("transA", 0) else x
-        return x, y
-    if node.op == "MatMul":
-        return x.reshape(-1, x.shape[-1]), y.reshape(-1, y.shape[-1])
-    return _conv_patches(node, x, y, rng)
-
-
-def _conv_patches(node, x, y, rng):
-    kernel = np.asarray(node.inputs[1].values).shape[2:]
-    nd = len(kernel)
-    strides = list(node.attrs.get("strides", [1] * nd))
-    dilations = list(node.attrs.get("dilations", [1] * nd))
-    pads = list(node.attrs.get("pads", [0] * 2 * nd))
-    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise NotImplementedError("least-squares repair of a Conv with auto_pad SAME")
-    padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
-    n, out_spatial = y.shape[0], y.shape[2:]
-    count = min(POSITIONS, int(np.prod(out_spatial)))
-    flat = rng.integers(0, int(np.prod(out_spatial)), size=(n, count))
-    coords = np.unravel_index(flat, out_spatial)  # nd arrays (n, count)
-    offsets = np.stack(np.meshgrid(*[np.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, nd)
-    positions = [coords[d][:, :, None] * strides[d] + offsets[None, None, :, d] * dilations[d] for d in range(nd)]
-    patches = _gather(padded, positions).reshape(n * count, -1)  # (n·count, C·k)
-    targets = np.moveaxis(y.reshape(y.shape[0], y.shape[1], -1), 1, 2)  # (n, P, C_out)
-    targets = np.take_along_axis(targets, flat[:, :, None], axis=1).reshape(n * count, -1)
-    return patches, targets
-
-
-def _gather(padded: np.ndarray, positions: list[np.ndarray]) -> np.ndarray:
-    """padded (N, C, *S) at positions[d] (N, count, K) → (N, count, C, K)."""
-    batch = np.arange(padded.shape[0])[:, None, None]
-    moved = np.moveaxis(padded, 1, -1)  # (N, *S, C)
-    picked = moved[(batch,) + tuple(positions)]  # (N, count, K, C)
-    return np.moveaxis(picked, -1, 2)  # (N, count, C, K)
 
 
 def _write(node: gs.Node, layout: WeightLayout, weights: np.ndarray, bias: np.ndarray | None) -> float:

@@ -8,12 +8,13 @@ data (the options refuse one without `--calib`).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import onnx
 import onnx_graphsurgeon as gs
 
 from ..analysis.channels import Analysis
+from ..calibration.capture import OutputCache
 from ..calibration.data import Dataset
 from ..methods.channelmap import SpaceMaps
 from ..registry import Registry
@@ -28,6 +29,7 @@ class RepairJob:
     space_maps: SpaceMaps  # the maps that were applied
     data: Dataset  # calibration data
     seed: int = 0
+    cache: OutputCache = field(default_factory=OutputCache)  # the original's outputs, shared by probes
 
 
 Repair = Callable[[RepairJob], list[dict]]
