@@ -23,6 +23,6 @@ class Fuse(Pass):
                 decisions.maps[group.id] = group_map(group, tensors, decisions.keep[group.id],
                                                      decisions.scores[group.id], opts,
                                                      ctx.calibration.activations.get(group.id))
-        if opts.effective_repair != "none":
+        if opts.repair != "none":
             model.before_fuse = runnable(model.graph, model.original)
         decisions.space_maps = apply_maps(model.graph, model.analysis, decisions.maps)

@@ -13,7 +13,7 @@ class Repair(Pass):
     requires = ("model.graph", "decisions.space_maps")
 
     def run(self, ctx):
-        method, model, cal = ctx.options.effective_repair, ctx.model, ctx.calibration
+        method, model, cal = ctx.options.repair, ctx.model, ctx.calibration
         if method == "none" or not ctx.decisions.space_maps.maps:
             return
         if ctx.options.validate and cal.data is not None:  # what the repair recovers, in the report

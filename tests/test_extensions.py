@@ -67,8 +67,8 @@ def test_a_repair_from_user_code_runs_on_the_calibration_data(plugin, tmp_path):
     model = _shrink_model()
     np.savez(tmp_path / "calib.npz", x=Net().input(batch=4))
     calib = str(tmp_path / "calib.npz")
-    plain, _ = onnxfuse.compress(model, 0.5, importance="first_channels", quiet=True, validate=False)
-    repaired, report = onnxfuse.compress(model, 0.5, importance="first_channels", calib=calib,
+    plain, _ = onnxfuse.compress(model, 0.5, importance="first_channels", method="prune", quiet=True, validate=False)
+    repaired, report = onnxfuse.compress(model, 0.5, importance="first_channels", method="prune", calib=calib,
                                          repair="halve_biases", quiet=True, validate=False)
     assert report["repair"] and all("tensor" in row for row in report["repair"])
     np.testing.assert_allclose(_weight(repaired, "Conv_4", 2), 0.5 * _weight(plain, "Conv_4", 2))

@@ -152,7 +152,7 @@ def test_map_normalisations(normalization):
     ctx, group = _small_group()
     kept = np.array([0, 3, 5, 8, 10])
     gmap = fusion_map(group, ctx.model.graph.tensors(), kept, ctx.decisions.scores[group.id],
-                      FusionOptions(normalization=normalization))
+                      FusionOptions(normalization=normalization, features="weights"))
     np.testing.assert_allclose(gmap.consumer.sum(axis=0), 1.0)  # each channel hands on all its mass
     np.testing.assert_allclose(gmap.param.sum(axis=1), 1.0)  # per-channel params are averaged
     if normalization == "reference":

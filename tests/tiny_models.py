@@ -10,6 +10,7 @@ import onnx
 from onnx import TensorProto, helper, numpy_helper
 
 from tests.helpers import run_cli
+from tests.netbuilder import Net
 
 
 def _conv(name, x, y, cin, cout, k, rng):
@@ -96,3 +97,42 @@ def assert_user_error(argv: list, capsys, root: Path, match: str | None = None) 
     if match is not None:
         assert match in lines[0], lines[0]
     return lines[0]
+
+
+def thin_mobile(seed: int = 0) -> onnx.ModelProto:
+    """A MobileNetV2-style network as TensorFlow converters write it: "same" pads computed per stride
+    into explicit Pad nodes, depthwise convs, ReLU6 as Clip, BN, a residual, and 96-wide expanded
+    groups read by 1×1 projections (the widest consumer has 97 columns with its bias)."""
+    net = Net(("N", 3, 16, 16), seed=seed)
+
+    def pad(x, top_left, bottom_right):
+        pads = [0, 0, top_left, top_left, 0, 0, bottom_right, bottom_right]
+        return net.op("Pad", [x, net.const(np.array(pads, np.int64))])
+
+    def relu6(x):
+        return net.op("Clip", [x, net.const(np.float32(0.0)), net.const(np.float32(6.0))])
+
+    def conv(x, c_in, c_out, k=1, stride=1, group=1):
+        weights = net.rand(c_out, c_in // group, k, k, scale=float(np.sqrt(2.0 / (c_in // group * k * k))))
+        y = net.op("Conv", [x, weights, net.rand(c_out, scale=0.1)], group=group, strides=[stride, stride],
+                   pads=[0, 0, 0, 0], kernel_shape=[k, k])
+        return net.bn(y, c_out)
+
+    def block(x, c_in, c_out, stride):
+        y = relu6(conv(x, c_in, 96))
+        y = pad(y, 0, 1) if stride == 2 else pad(y, 1, 1)
+        y = relu6(conv(y, 96, 96, k=3, stride=stride, group=96))
+        y = conv(y, 96, c_out)
+        return net.op("Add", [x, y]) if stride == 1 and c_in == c_out else y
+
+    y = relu6(conv(pad("x", 0, 1), 3, 16, k=3, stride=2))
+    y = block(block(y, 16, 16, 1), 16, 24, 2)
+    y = net.op("Flatten", [net.op("GlobalAveragePool", [y])])
+    return net.model(net.gemm(y, 24, 10))
+
+
+def thin_mobile_inputs(n: int, seed: int) -> np.ndarray:
+    """Inputs for thin_mobile whose predictions vary: noise plus a per-sample colour and row pattern."""
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal((n, 3, 16, 16)) + 2 * rng.standard_normal((n, 3, 1, 1))
+            + rng.standard_normal((n, 1, 16, 1))).astype(np.float32)

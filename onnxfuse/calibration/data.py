@@ -48,6 +48,11 @@ class Dataset:
         return (Dataset({k: v[:n - held] for k, v in self.feeds.items()}),
                 Dataset({k: v[n - held:] for k, v in self.feeds.items()}))
 
+    def folds(self, count: int) -> list[Dataset]:
+        """The samples in `count` contiguous parts of near-equal size (fewer when there are fewer samples)."""
+        bounds = np.linspace(0, len(self), min(count, len(self)) + 1).round().astype(int)
+        return [Dataset({k: v[a:b] for k, v in self.feeds.items()}) for a, b in zip(bounds[:-1], bounds[1:])]
+
     def fingerprint(self) -> str:
         """A digest of the inputs: caches of what the original model computes on them key on it."""
         digest = hashlib.sha1()

@@ -43,14 +43,15 @@ FEATURES = ("weights", "activations", "both")
 
 @dataclass(frozen=True)
 class FusionOptions:
-    normalization: str = option("rescale", "how fuse applies its transport map (see README)",
-                                choices=NORMALIZATIONS)
+    normalization: str = option("auto", "how fuse applies its transport map, see README (auto: reference with "
+                                "--calib, else rescale)", choices=("auto",) + NORMALIZATIONS)
     p: int = option(1, "OT ground metric: L1 or L2", flag="--ot-p", choices=(1, 2))
     solver: str = option("emd", "", flag="--ot-solver", choices=SOLVERS)
     reg: float = option(0.01, "Sinkhorn regularisation", flag="--ot-reg")
     marginals: str = option("uniform", "", flag="--ot-marginals", choices=MARGINALS)
-    features: str = option("weights", "OT cost from weights, calibration activations (needs --calib) or both",
-                           flag="--ot-features", choices=FEATURES)
+    features: str = option("auto", "OT cost from weights, calibration activations (needs --calib) or both "
+                           "(auto: both with --calib, else weights)", flag="--ot-features",
+                           choices=("auto",) + FEATURES)
 
     def check(self) -> None:
         for value, allowed, what in ((self.normalization, NORMALIZATIONS, "normalization"),

@@ -13,6 +13,6 @@ FLOW = ("load", "normalize", "analyze", "capture", "score", "plan", "fuse", "rep
 
 def passes(options: Options) -> list[Pass]:
     names = list(FLOW)
-    for name, after in METHODS.get(options.method).extra_passes:
+    for name, after in METHODS.get(options.with_defaults().method).extra_passes:
         names.insert(names.index(after) + 1, name)
     return [PASSES.get(name)() for name in names]

@@ -19,9 +19,10 @@ from ..methods.intra_fusion import FusionOptions
 from ..repair import REPAIRS
 from ..runtime.sessions import DEVICES, resolved_device
 from ..runtime.timing import cpu_channel_block
+from .defaults import AUTO, FUSION_FIELDS, auto_fields
 
 ALLOCATIONS = ("uniform", "sensitivity")
-REPAIR_MODES = ("auto", "none")  # besides the registered repairs: auto = stats with --calib, else none
+REPAIR_MODES = (AUTO, "none")  # besides the registered repairs
 CALIB_SAMPLES = 256
 
 
@@ -32,8 +33,10 @@ def repair_choices() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Options:
     sparsity: float = option(0.5, "fraction of channels removed per group")
-    method: str = option("prune", "how each group's map is chosen", choices=METHODS.names)
-    importance: str = option("l1", "channel importance criterion", choices=IMPORTANCES.names)
+    method: str = option("auto", "how each group's map is chosen (auto: fuse with --calib, else prune)",
+                         choices=lambda: (AUTO,) + METHODS.names())
+    importance: str = option("auto", "channel importance criterion (auto: act with --calib, else l1)",
+                             choices=lambda: (AUTO,) + IMPORTANCES.names())
     round_to: int | str = option("auto", "keep a multiple of N channels per group (auto: 8 on CUDA, 1 on the CPU, "
                                  "the CPU's channel block with --target-latency)", metavar="N|auto", type="round_to")
     global_ranking: bool = option(False, "rank channels across all groups instead of the same sparsity in each",
@@ -44,8 +47,9 @@ class Options:
     target_latency: float | None = option(None, "reach this fraction of the original ONNX Runtime latency "
                                           "(per-group timings)", type=float, metavar="F")
     latency_batch: int = option(32, "batch size for --target-latency", type="positive_int", metavar="N")
-    allocate: str = option("uniform", "sensitivity: per-group sparsities measured on --calib data to meet "
-                           "--target-macs", choices=ALLOCATIONS)
+    allocate: str = option("auto", "sensitivity: per-group sparsities measured on --calib data to meet "
+                           "--target-macs (auto: sensitivity with --calib and --target-macs, else uniform)",
+                           choices=(AUTO,) + ALLOCATIONS)
     ignore: tuple[str, ...] = option((), "leave the output channels of matching nodes untouched (repeatable)",
                                      action="append", metavar="NODE_GLOB")
     fold_bn: bool = option(True, "do not fold BatchNormalization into Conv/Gemm", flag="--keep-bn",
@@ -64,7 +68,7 @@ class Options:
     seed: int = option(0, "seed of every random draw (calibration subset, random importance, sampled "
                        "positions)", type=int)
     fusion: FusionOptions = option(FusionOptions, "", cli=False)  # flattened into --normalization, --ot-*
-    repair: str = option("auto", "repair with the calibration data (auto: stats when --calib is given)",
+    repair: str = option("auto", "repair with the calibration data (auto: lsq with --calib, else none)",
                          choices=repair_choices)
 
     @classmethod
@@ -87,6 +91,9 @@ class Options:
         return cls(fusion=FusionOptions(**fusion), **options)
 
     def check(self) -> None:
+        self.with_defaults()._check()
+
+    def _check(self) -> None:
         if not isinstance(self.sparsity, (int, float)) or not 0.0 <= self.sparsity < 1.0:
             raise OnnxfuseError(f"sparsity must be in [0, 1), got {self.sparsity}")
         METHODS.get(self.method)
@@ -124,15 +131,20 @@ class Options:
         if METHODS.get(self.method).needs_activations(self):
             raise OnnxfuseError(f"OT features {self.fusion.features!r} need calibration data (--calib)")
 
-    @property
-    def effective_repair(self) -> str:
-        if self.repair == "auto":
-            return "stats" if self.calib else "none"
-        return self.repair
+    def with_defaults(self) -> Options:
+        """A copy with every option left at "auto" set by the recipe (pipeline/defaults.py)."""
+        chosen = auto_fields(self)
+        if not chosen:
+            return self
+        fusion = {k: v for k, v in chosen.items() if k in FUSION_FIELDS}
+        rest = {k: v for k, v in chosen.items() if k not in FUSION_FIELDS}
+        return dataclasses.replace(self, fusion=dataclasses.replace(self.fusion, **fusion), **rest)
 
     def resolved(self) -> Options:
-        """A copy with `round_to` "auto" replaced by the device's multiple."""
-        return self if self.round_to != "auto" else dataclasses.replace(self, round_to=auto_round_to(self))
+        """A checked copy with the recipe's defaults and `round_to` "auto" replaced by the device's multiple."""
+        options = self.with_defaults()
+        options._check()
+        return options if options.round_to != AUTO else dataclasses.replace(options, round_to=auto_round_to(options))
 
 
 def positive_int(value) -> bool:

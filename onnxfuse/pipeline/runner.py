@@ -1,6 +1,7 @@
-"""Run a pass list over a Context: options checked and resolved once before the first pass, each
-pass's contract checked, its time recorded, and an internal error reported with the pass it came
-from (a user's OnnxfuseError passes through unchanged)."""
+"""Run a pass list over a Context: options resolved (the recipe's defaults, the device's channel
+multiple) and checked once before the first pass, each pass's contract checked, its time recorded,
+and an internal error reported with the pass it came from (a user's OnnxfuseError passes through
+unchanged)."""
 
 from __future__ import annotations
 
@@ -11,16 +12,17 @@ from ..errors import OnnxfuseError
 from ..planning.probes import Probes
 from .build import passes as build_passes
 from .context import Context
+from .defaults import auto_fields
 from .contract import Pass, PassContractError, PassFailed
 
 
 def run(ctx: Context, stop_after: str | None = None, passes: Sequence[Pass] | None = None) -> Context:
+    ctx.report["defaults"] = auto_fields(ctx.options)
+    ctx.options = ctx.options.resolved()
     pass_list = list(passes) if passes is not None else build_passes(ctx.options)
     names = [p.name for p in pass_list]
     if stop_after is not None and stop_after not in names:
         raise ValueError(f"unknown pass {stop_after!r}; the passes are {', '.join(names)}")
-    ctx.options.check()
-    ctx.options = ctx.options.resolved()
     ctx.probes = Probes(ctx, lambda probe, wanted: run_passes(probe, [p for p in pass_list if p.name in wanted]))
     end = names.index(stop_after) + 1 if stop_after is not None else len(pass_list)
     return run_passes(ctx, pass_list[:end])

@@ -6,10 +6,10 @@ output in the original model is mapped into the new output channels, and a ridge
 new weights and bias. Only the normal equations XᵀX and XᵀY are kept, accumulated in chunks, so
 memory does not grow with the number of samples or positions.
 
-A refit must not memorise the calibration set: the samples are split, the last quarter held out;
-the ridge strength is the one with the least held-out error; a refit that does not beat the
-consumer's present (fused) weights on the held-out samples is not written; the written refit is
-solved on all samples. Rows: every output position, unless that gives more than ROWS_PER_COLUMN
+A refit must not memorise the calibration set: the samples are split into FOLDS folds, each
+fitted on the others and judged on itself; the ridge strength is the one with the least error on
+held-out folds; a refit that does not beat the consumer's present (fused) weights there is not
+written; the written refit is solved on all samples. Rows: every output position, unless that gives more than ROWS_PER_COLUMN
 rows per fitted column, then that many rows spread over the samples (at least MIN_POSITIONS
 positions per sample).
 """
@@ -39,10 +39,10 @@ from ..methods.channelmap import SpaceMaps
 from ..runtime.sessions import session
 from .registry import RepairJob, register_repair
 
-HELD_OUT_DIVISOR = 4
+FOLDS = 4  # cross-validation folds of the calibration samples
 ROWS_PER_COLUMN = 16
 MIN_POSITIONS = 16
-RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1)  # relative to the mean diagonal of XᵀX
+RIDGES = (1e-6, 1e-5, 1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # relative to the mean diagonal of XᵀX
 CHUNK_VALUES = 1 << 22  # patch values per streamed chunk (32 MB in float64)
 BATCH = 32
 
@@ -54,14 +54,14 @@ def repair_lsq(job: RepairJob) -> list[dict]:
     nodes = {node.name: node for node in graph.nodes}
     consumers = sorted({m.node for gid in space_maps.maps for m in analysis.groups[gid].members
                         if m.role == "consumer" and m.scored}, key=lambda n: order.get(n, 0))
-    fit, held = job.data.split(HELD_OUT_DIVISOR)
+    folds = job.data.folds(FOLDS)
     original_columns = _original_columns(job.original)
     report = []
     for name in progress(consumers, desc="least-squares repair"):
         node = nodes[name]
         if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft":
             continue  # grouped convs; ORT's fused ops, whose outputs are after their activation
-        report.append(_refit(job, node, fit, held, original_columns))
+        report.append(_refit(job, node, folds, original_columns))
     return report
 
 
@@ -82,10 +82,13 @@ class NormalEquations:
         return NormalEquations(self.xtx + other.xtx, self.xty + other.xty, self.yty + other.yty,
                                self.rows + other.rows)
 
+    def squared_error(self, solution: np.ndarray) -> float:
+        """‖Y − X·S‖² over the rows, from the normal equations alone."""
+        return float(self.yty - 2 * np.sum(solution * self.xty) + np.sum(solution * (self.xtx @ solution)))
+
     def error(self, solution: np.ndarray) -> float:
-        """‖Y − X·S‖ / ‖Y‖ over the rows, from the normal equations alone."""
-        squared = self.yty - 2 * np.sum(solution * self.xty) + np.sum(solution * (self.xtx @ solution))
-        return float(np.sqrt(max(squared, 0.0) / max(self.yty, 1e-300)))
+        """‖Y − X·S‖ / ‖Y‖."""
+        return float(np.sqrt(max(self.squared_error(solution), 0.0) / max(self.yty, 1e-300)))
 
     def solve(self, ridge: float) -> np.ndarray:
         return self.solutions((ridge,))[ridge]
@@ -98,33 +101,44 @@ class NormalEquations:
         return {r: vectors @ (projected / (np.maximum(values, 0.0) + r * scale)[:, None]) for r in ridges}
 
 
-def _refit(job: RepairJob, node: gs.Node, fit: Dataset, held: Dataset, original_columns: dict) -> dict:
+def _refit(job: RepairJob, node: gs.Node, folds: list[Dataset], original_columns: dict) -> dict:
     layout = layout_of(node)
     with_bias = layout.bias is not None  # a MatMul has no bias input: fit the weights alone
     sess_new = session(outputs_only(runnable(job.graph, job.like), [node.inputs[0].name]), "cpu", fuse_nodes=False)
     out_map = _output_map(job.space_maps, node, layout, node.outputs[0].name)
     columns = _columns(node.op, np.asarray(node.inputs[1].values).shape, node.attrs.get("transB", 0)) + with_bias
+    samples = sum(len(f) for f in folds)
     per_sample = _positions_per_sample(node, original_columns.get(node.name, columns - with_bias) + with_bias,
-                                       len(fit))
-    fitted, judged = (_equations(job, node, sess_new, part, per_sample, out_map, with_bias) for part in (fit, held))
+                                       samples)
+    parts = [_equations(job, node, sess_new, fold, per_sample, out_map, with_bias) for fold in folds]
+    total = sum(parts[1:], parts[0])
     current = _current_solution(node, layout)
-    row = {"node": node.name, "columns": columns}
-    if fit is held:  # too few samples to hold any out: nothing to choose by
+    row = {"node": node.name, "rows": total.rows, "columns": columns}
+    if len(parts) == 1:  # one sample: nothing to hold out, nothing to choose by
         ridge, refit = RIDGES[1], True
     else:
-        errors = {r: judged.error(solution) for r, solution in fitted.solutions(RIDGES).items()}
+        errors = _cross_validated(parts, total)
         ridge = min(errors, key=errors.get)
-        before = judged.error(current)
-        refit = errors[ridge] < before
-        row.update(held_out_rows=judged.rows, held_out_error_before=before, held_out_error_refit=errors[ridge])
-        fitted = fitted + judged  # what is written is solved on every sample
-    solution = fitted.solve(ridge) if refit else current
-    row.update(rows=fitted.rows, ridge=ridge, refit=refit, output_error_before=fitted.error(current),
-               output_error_after=fitted.error(solution), relative_weight_change=0.0)
+        refit = errors[ridge] < total.error(current)
+        row.update(held_out_error_before=total.error(current), held_out_error_refit=errors[ridge])
+    solution = total.solve(ridge) if refit else current
+    row.update(ridge=ridge, refit=refit, output_error_before=total.error(current),
+               output_error_after=total.error(solution), relative_weight_change=0.0)
     if refit:
         weights, bias = (solution[:-1].T, solution[-1]) if with_bias else (solution.T, None)
         row["relative_weight_change"] = _write(node, layout, weights, bias)
     return row
+
+
+def _cross_validated(parts: list[NormalEquations], total: NormalEquations) -> dict[float, float]:
+    """Relative error of each ridge strength on samples its fit did not see: every fold is fitted
+    on the others and judged on itself (the normal equations are additive)."""
+    squared = dict.fromkeys(RIDGES, 0.0)
+    for part in parts:
+        rest = NormalEquations(total.xtx - part.xtx, total.xty - part.xty, total.yty - part.yty)
+        for ridge, solution in rest.solutions(RIDGES).items():
+            squared[ridge] += part.squared_error(solution)
+    return {r: float(np.sqrt(max(e, 0.0) / max(total.yty, 1e-300))) for r, e in squared.items()}
 
 
 def _equations(job, node, sess_new, data: Dataset, per_sample, out_map, with_bias) -> NormalEquations:
@@ -221,15 +235,26 @@ def _conv_patches(node, x: np.ndarray, picked: np.ndarray) -> np.ndarray:
     nd = len(kernel)
     strides = list(node.attrs.get("strides", [1] * nd))
     dilations = list(node.attrs.get("dilations", [1] * nd))
-    pads = list(node.attrs.get("pads", [0] * 2 * nd))
-    if node.attrs.get("auto_pad", "NOTSET") not in ("NOTSET", "VALID"):
-        raise NotImplementedError("least-squares repair of a Conv with auto_pad SAME")
+    pads = _pads(node, x.shape[2:], kernel, strides, dilations)
     padded = np.pad(x, [(0, 0), (0, 0)] + [(pads[i], pads[i + nd]) for i in range(nd)])
     out_spatial = [(padded.shape[2 + d] - dilations[d] * (kernel[d] - 1) - 1) // strides[d] + 1 for d in range(nd)]
     coords = np.unravel_index(picked, out_spatial)  # nd arrays (n, count)
     offsets = np.stack(np.meshgrid(*[np.arange(k) for k in kernel], indexing="ij"), -1).reshape(-1, nd)
     positions = [coords[d][:, :, None] * strides[d] + offsets[None, None, :, d] * dilations[d] for d in range(nd)]
     return _gather(padded, positions).reshape(picked.size, -1).astype(np.float64)
+
+
+def _pads(node, spatial, kernel, strides, dilations) -> list[int]:
+    """Begin and end pads per spatial axis; auto_pad SAME_* computed as the spec says."""
+    nd = len(kernel)
+    auto = node.attrs.get("auto_pad", "NOTSET")
+    if auto in ("NOTSET", "VALID"):
+        return list(node.attrs.get("pads", [0] * 2 * nd)) if auto == "NOTSET" else [0] * 2 * nd
+    total = [max((-(-spatial[d] // strides[d]) - 1) * strides[d] + (kernel[d] - 1) * dilations[d] + 1 - spatial[d], 0)
+             for d in range(nd)]
+    small = [t // 2 for t in total]
+    large = [t - h for t, h in zip(total, small)]
+    return small + large if auto == "SAME_UPPER" else large + small
 
 
 def _gather(padded: np.ndarray, positions: list[np.ndarray]) -> np.ndarray:

@@ -1,0 +1,34 @@
+"""The recipe behind every option left at "auto": what measured best on the zoo and on the
+third-party models of the tests (benchmarks/defaults.py writes the measurement into
+benchmarks/RESULTS.md, section "Defaults"; docs/defaults.md explains the choice).
+
+Without calibration data: L1 pruning, no repair (fusion without data loses on the zoo once every
+group shrinks). With `--calib`: fusion with the OT cost from weights and activations, the
+`reference` normalisation (the repair sets each channel's scale), activation-aware importance, the
+held-out-guarded least-squares repair, and with a MAC budget the sensitivity allocation.
+"""
+
+from __future__ import annotations
+
+AUTO = "auto"
+
+DATA_FREE = {"method": "prune", "importance": "l1", "allocate": "uniform", "repair": "none",
+             "normalization": "rescale", "features": "weights"}
+CALIBRATED = {"method": "fuse", "importance": "act", "allocate": "sensitivity", "repair": "lsq",
+              "normalization": "reference", "features": "both"}
+FUSION_FIELDS = ("normalization", "features")
+
+
+def recipe(with_calibration: bool, with_mac_budget: bool) -> dict[str, str]:
+    """The value of each "auto" option."""
+    chosen = dict(CALIBRATED if with_calibration else DATA_FREE)
+    if not with_mac_budget:  # allocation needs a budget to share out; a plain sparsity is uniform
+        chosen["allocate"] = "uniform"
+    return chosen
+
+
+def auto_fields(options) -> dict[str, str]:
+    """The options left at "auto", with the value the recipe gives each."""
+    values = recipe(bool(options.calib), options.target_macs is not None and options.target_latency is None)
+    current = {name: getattr(options.fusion if name in FUSION_FIELDS else options, name) for name in values}
+    return {name: values[name] for name, value in current.items() if value == AUTO}
