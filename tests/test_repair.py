@@ -144,7 +144,7 @@ def _held_out_quality(model, compressed, fresh):
     return float(np.linalg.norm(got - want) / np.linalg.norm(want)), float(np.mean(got.argmax(1) == want.argmax(1)))
 
 
-@pytest.mark.parametrize("method, sparsity", [("prune", 0.5), ("fuse", 0.25), ("fuse", 0.5)])
+@pytest.mark.parametrize("method, sparsity", [("prune", 0.25), ("prune", 0.5), ("fuse", 0.25), ("fuse", 0.5)])
 def test_lsq_never_leaves_held_out_quality_below_the_unrepaired_model(method, sparsity, tmp_path, monkeypatch):
     """Depthwise convs, ReLU6, TF-style Pad nodes and 4 calibration samples: the widest consumer
     (a 1×1 projection, 97 columns before shrinking) sees 4 × 16 = 64 rows: a plain refit memorises."""
@@ -165,10 +165,10 @@ def test_lsq_never_leaves_held_out_quality_below_the_unrepaired_model(method, sp
     (error, agreement), report = quality("lsq")
     assert error <= plain_error and agreement >= plain_agreement
     assert any(r["rows"] == 4 * 16 for r in report["repair"])  # the second projection: 64 rows, the report says so
-    if (method, sparsity) == ("fuse", 0.5):  # the guard is what holds it: every refit written memorises
+    if (method, sparsity) == ("fuse", 0.25):  # the guard is what holds it: writing every refit memorises
         monkeypatch.setattr(lsq, "FOLDS", 1)
-        (unguarded_error, _), _ = quality("lsq")
-        assert unguarded_error > 2 * plain_error
+        (unguarded_error, unguarded_agreement), _ = quality("lsq")
+        assert unguarded_error > plain_error and unguarded_agreement < plain_agreement
 
 
 @pytest.mark.parametrize("auto_pad", ["SAME_UPPER", "SAME_LOWER", "VALID", "NOTSET"])

@@ -113,7 +113,12 @@ def thin_mobile(seed: int = 0) -> onnx.ModelProto:
         return net.op("Clip", [x, net.const(np.float32(0.0)), net.const(np.float32(6.0))])
 
     def conv(x, c_in, c_out, k=1, stride=1, group=1):
-        weights = net.rand(c_out, c_in // group, k, k, scale=float(np.sqrt(2.0 / (c_in // group * k * k))))
+        fan_in = c_in // group * k * k
+        weights = net.rng.standard_normal((c_out, fan_in)) * np.sqrt(2.0 / fan_in)
+        if c_out > 4 * c_in and group == 1:  # expansions are redundant, as in trained networks: rank c_in/2 + noise
+            mix = net.rng.standard_normal((c_out, c_in // 2)) / np.sqrt(c_in // 2)
+            weights = mix @ weights[: c_in // 2] + 0.1 * weights
+        weights = net.const(weights.reshape(c_out, c_in // group, k, k).astype(np.float32), "w")
         y = net.op("Conv", [x, weights, net.rand(c_out, scale=0.1)], group=group, strides=[stride, stride],
                    pads=[0, 0, 0, 0], kernel_shape=[k, k])
         return net.bn(y, c_out)
@@ -128,7 +133,20 @@ def thin_mobile(seed: int = 0) -> onnx.ModelProto:
     y = relu6(conv(pad("x", 0, 1), 3, 16, k=3, stride=2))
     y = block(block(y, 16, 16, 1), 16, 24, 2)
     y = net.op("Flatten", [net.op("GlobalAveragePool", [y])])
-    return net.model(net.gemm(y, 24, 10))
+    model = net.model(net.gemm(y, 24, 10))
+    return _balanced_classes(model)
+
+
+def _balanced_classes(model: onnx.ModelProto) -> onnx.ModelProto:
+    """Shift the classifier's bias by the mean logit over typical inputs, so that the top class
+    depends on the input (random weights otherwise let one class win almost everywhere)."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = sess.run(None, {"x": thin_mobile_inputs(512, seed=99)})[0]
+    bias = next(t for t in model.graph.initializer if t.name == model.graph.node[-1].input[2])
+    bias.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(bias) - logits.mean(0), bias.name))
+    return model
 
 
 def thin_mobile_inputs(n: int, seed: int) -> np.ndarray:

@@ -2,10 +2,11 @@
 third-party models of the tests (benchmarks/defaults.py writes the measurement into
 benchmarks/RESULTS.md, section "Defaults"; docs/defaults.md explains the choice).
 
-Without calibration data: L1 pruning, no repair (fusion without data loses on the zoo once every
-group shrinks). With `--calib`: fusion with the OT cost from weights and activations, the
-`reference` normalisation (the repair sets each channel's scale), activation-aware importance, the
-held-out-guarded least-squares repair, and with a MAC budget the sensitivity allocation.
+Without calibration data: L1 pruning, no repair. With `--calib`: L1 pruning, the cross-validated
+least-squares repair, and with a MAC budget the sensitivity allocation; when `--method fuse` is
+asked for with data, the OT cost from weights and activations and the `reference` normalisation
+(the repair sets each channel's scale). Pruning beat fusion, and L1 beat activation importance,
+once the refit follows them (benchmarks/RESULTS.md, "Defaults").
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ AUTO = "auto"
 
 DATA_FREE = {"method": "prune", "importance": "l1", "allocate": "uniform", "repair": "none",
              "normalization": "rescale", "features": "weights"}
-CALIBRATED = {"method": "fuse", "importance": "act", "allocate": "sensitivity", "repair": "lsq",
+CALIBRATED = {"method": "prune", "importance": "l1", "allocate": "sensitivity", "repair": "lsq",
               "normalization": "reference", "features": "both"}
 FUSION_FIELDS = ("normalization", "features")
 
@@ -32,3 +33,10 @@ def auto_fields(options) -> dict[str, str]:
     values = recipe(bool(options.calib), options.target_macs is not None and options.target_latency is None)
     current = {name: getattr(options.fusion if name in FUSION_FIELDS else options, name) for name in values}
     return {name: values[name] for name, value in current.items() if value == AUTO}
+
+
+def reported_defaults(options) -> dict[str, str]:
+    """auto_fields without the fusion options when the method is not fuse (they are unused then)."""
+    chosen = auto_fields(options)
+    method = chosen.get("method", options.method)
+    return {k: v for k, v in chosen.items() if method == "fuse" or k not in FUSION_FIELDS}

@@ -12,12 +12,12 @@ from ..errors import OnnxfuseError
 from ..planning.probes import Probes
 from .build import passes as build_passes
 from .context import Context
-from .defaults import auto_fields
+from .defaults import reported_defaults
 from .contract import Pass, PassContractError, PassFailed
 
 
 def run(ctx: Context, stop_after: str | None = None, passes: Sequence[Pass] | None = None) -> Context:
-    ctx.report["defaults"] = auto_fields(ctx.options)
+    ctx.report["defaults"] = reported_defaults(ctx.options)
     ctx.options = ctx.options.resolved()
     pass_list = list(passes) if passes is not None else build_passes(ctx.options)
     names = [p.name for p in pass_list]

@@ -50,6 +50,9 @@ def summary(report: dict) -> str:
         f"MACs:   {report['macs_before']:,} -> {report['macs_after']:,} "
         f"({_ratio(report['macs_after'], report['macs_before'])})",
     ]
+    if report.get("defaults"):
+        lines.append("defaults (auto): " + ", ".join(f"{k} {v}" for k, v in report["defaults"].items())
+                     + " (docs/defaults.md)")
     lines += _repair_lines(report)
     val = report.get("validation")
     if val:
@@ -87,9 +90,16 @@ def _repair_lines(report: dict) -> list[str]:
     """What the repair step recovered: its own fit per group/consumer, and agreement before it."""
     lines, steps = [], report.get("repair") or []
     if steps and "output_error_before" in steps[0]:
+        refit = [s for s in steps if s.get("refit", True)]
         before, after = (np.mean([s[key] for s in steps]) for key in ("output_error_before", "output_error_after"))
-        lines.append(f"lsq repair: {len(steps)} consumers refit, mean relative output error on the calibration "
-                     f"data {before:.3f} -> {after:.3f}")
+        thin = min(s["rows"] / s["columns"] for s in steps)
+        lines.append(f"lsq repair: {len(refit)} of {len(steps)} consumers refit (the others kept their weights: "
+                     f"no better on held-out folds), mean relative output error on the calibration data "
+                     f"{before:.3f} -> {after:.3f}; fewest rows per column {thin:.1f}")
+        held = [s for s in steps if "held_out_error_before" in s]
+        if held:
+            lines.append("  on held-out folds: " + f"{np.mean([s['held_out_error_before'] for s in held]):.3f} -> "
+                         f"{np.mean([min(s['held_out_error_refit'], s['held_out_error_before']) for s in held]):.3f}")
     elif steps and "std_error_before" in steps[0]:
         error = np.mean([s["std_error_before"] for s in steps])
         lines.append(f"stats repair: {len(steps)} groups; the new channels' std was off its target by "
