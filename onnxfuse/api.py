@@ -32,6 +32,7 @@ from .reporting.report import write_report, write_text
 from .reporting.summary import group_rows, summary
 from .reporting.sweep import check_out_dir, plot, sweep_row, table
 from .runtime.compare import compare
+from .runtime.sessions import assumed_input_shapes
 from .runtime.timing import compare_speed
 
 ModelLike = str | os.PathLike | onnx.ModelProto
@@ -72,6 +73,7 @@ def validate(original: ModelLike, compressed: ModelLike, *, data: str | None = N
     """Run both models in ONNX Runtime on the same inputs; agreement, errors, accuracy, params, MACs."""
     a, b = load(original), load(compressed)
     shapes = parse_input_shapes(list(input_shape), a)
+    shapes.update(assumed_input_shapes(a, shapes, None if isinstance(original, onnx.ModelProto) else str(original)))
     dataset = load_npz(data, a, labels_key) if data else random_inputs(a, seed=seed, shapes=shapes)
     report = compare(a, b, dataset, device)
     report["data"] = str(data) if data else "random inputs"
@@ -90,6 +92,7 @@ def bench(original: ModelLike, compressed: ModelLike, *, batch_sizes: tuple[int,
     under the same session options, with the speed-up next to the ideal one from the MAC ratio."""
     a, b = load(original), load(compressed)
     shapes = parse_input_shapes(list(input_shape), a)
+    shapes.update(assumed_input_shapes(a, shapes, None if isinstance(original, onnx.ModelProto) else str(original)))
     with log.quiet(quiet):
         report = compare_speed(a, b, batch_sizes=tuple(batch_sizes), runs=runs, warmup=warmup, device=device,
                                threads=threads, seed=seed, shapes=shapes)

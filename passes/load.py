@@ -2,8 +2,15 @@ from pathlib import Path
 
 import onnx
 
-from onnxfuse.calibration.data import has_dynamic_dims, load_calibration, load_npz, parse_input_shapes
+from onnxfuse.calibration.data import (
+    has_dynamic_dims,
+    load_calibration,
+    load_npz,
+    parse_input_shapes,
+)
+from onnxfuse.runtime.sessions import assumed_input_shapes
 from onnxfuse.graph.io import check_model, has_external_data, load_model
+from onnxfuse.log import warning
 from onnxfuse.pipeline.contract import Pass, register_pass
 
 
@@ -38,3 +45,9 @@ class Load(Pass):
         if example is not None and has_dynamic_dims(model.original):
             for name, array in example.feeds.items():
                 model.input_shapes.setdefault(name, [1, *array.shape[1:]])
+        assumed = assumed_input_shapes(model.original, model.input_shapes, model.model_source)
+        if assumed:
+            model.input_shapes.update(assumed)
+            ctx.report["assumed_input_shapes"] = assumed
+            warning("note: dynamic input dimensions; MACs and random validation at " + ", ".join(
+                f"{name} {'x'.join(map(str, dims))}" for name, dims in assumed.items()) + " (--input-shape to choose)")

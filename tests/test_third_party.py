@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -11,7 +12,7 @@ import onnx
 import pytest
 
 import onnxfuse
-from tests.helpers import run
+from tests.helpers import run, run_cli
 
 
 def _package_file(package: str, relative: str) -> Path:
@@ -96,3 +97,14 @@ def test_dynamic_spatial_inputs_count_macs_at_a_given_shape(tmp_path):
     _, report = onnxfuse.compress(str(path), 0.5, input_shape=["1,3,48,192"], quiet=True)
     assert report["validation"]["samples"] == 8  # random inputs of the given shape
     assert report["macs_after"] < 0.5 * report["macs_before"]
+
+
+def test_dynamic_spatial_inputs_compress_without_a_shape(tmp_path, capsys):
+    """No --input-shape: MACs and random validation at a stated size the model runs at."""
+    path = _package_file("rapidocr_onnxruntime", "models/ch_ppocr_mobile_v2.0_cls_infer.onnx")
+    code, _, err = run_cli(["compress", path, "-o", tmp_path / "out.onnx", "--report", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    assert report["assumed_input_shapes"] == {"x": [1, 3, 224, 224]} and "1x3x224x224" in err
+    at_that_size = onnxfuse.inspect(str(path), input_shape=["1,3,224,224"])
+    assert report["macs_before"] == at_that_size["macs"] and report["validation"]["samples"] == 8

@@ -190,22 +190,20 @@ def _check_labels(path: Path, labels: np.ndarray, n: int) -> np.ndarray:
 def random_inputs(model: onnx.ModelProto, batch: int = 8, seed: int = 0,
                   shapes: dict[str, list[int]] | None = None) -> Dataset:
     """Random inputs from the model's input shapes; a dynamic first axis becomes `batch`, other
-    dynamic dimensions come from `shapes` (--input-shape)."""
+    dynamic dimensions come from `shapes` (--input-shape), else from `representative_shapes`."""
     rng = np.random.default_rng(seed)
+    shapes = {**representative_shapes(model, shapes), **(shapes or {})}
     feeds = {}
     for spec in input_specs(model):
         shape = []
-        given = (shapes or {}).get(spec.name)
+        given = shapes.get(spec.name)
         for axis, dim in enumerate(spec.shape):
             if given is not None and axis > 0:
                 shape.append(int(given[axis]))
             elif isinstance(dim, int) and dim > 0:
                 shape.append(dim)
-            elif axis == 0:
-                shape.append(batch)
             else:
-                raise OnnxfuseError(f"input {spec.name!r} has a dynamic dimension {dim!r} at axis {axis}; "
-                                    "give data with --data/--calib or a shape with --input-shape")
+                shape.append(batch)
         if spec.dtype.kind == "f":
             feeds[spec.name] = rng.standard_normal(shape).astype(spec.dtype)
         elif spec.dtype.kind in "iu":
@@ -215,6 +213,43 @@ def random_inputs(model: onnx.ModelProto, batch: int = 8, seed: int = 0,
         else:
             raise OnnxfuseError(f"input {spec.name!r} has dtype {spec.dtype}; give data with --data")
     return Dataset(feeds)
+
+
+IMAGE_SIDES = (224, 32, 28, 64, 96, 128, 256, 299, 320, 384, 416, 512, 640)  # tried in this order
+SEQUENCE = 128  # any other dynamic axis but the batch
+
+
+def image_sides(model: onnx.ModelProto) -> list[tuple[int, int]]:
+    """Candidate H, W for dynamic image axes: the model's metadata (`imgsz`, as Ultralytics exports
+    write it) first, then IMAGE_SIDES."""
+    return list(dict.fromkeys(([_metadata_image_size(model)] if _metadata_image_size(model) else [])
+                              + [(s, s) for s in IMAGE_SIDES]))
+
+
+def representative_shapes(model: onnx.ModelProto, given: dict[str, list[int]] | None = None,
+                          sides: tuple[int, int] | None = None) -> dict[str, list[int]]:
+    """Shapes (batch 1) for the inputs with dynamic dimensions that `given` does not cover: an image
+    input's (rank 4) dynamic axes from `sides` (default: the first of `image_sides`), any other
+    dynamic axis SEQUENCE."""
+    sides = sides or image_sides(model)[0]
+    shapes = {}
+    for spec in input_specs(model):
+        dims = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
+        dynamic = [axis for axis in range(1, len(dims)) if dims[axis] is None]
+        if (given and spec.name in given) or not dynamic:
+            continue
+        for k, axis in enumerate(dynamic):
+            dims[axis] = sides[min(k, 1)] if len(dims) == 4 else SEQUENCE
+        shapes[spec.name] = [1] + dims[1:]
+    return shapes
+
+
+def _metadata_image_size(model: onnx.ModelProto) -> tuple[int, int] | None:
+    props = {p.key: p.value for p in model.metadata_props}
+    if "imgsz" not in props:
+        return None
+    numbers = [int(n) for n in "".join(c if c.isdigit() else " " for c in props["imgsz"]).split()]
+    return (numbers[0], numbers[-1]) if numbers else None
 
 
 def _fmt(shape) -> str:

@@ -6,7 +6,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..calibration.data import Dataset, input_specs
+from ..calibration.data import Dataset, image_sides, input_specs, random_inputs, representative_shapes
 from ..errors import OnnxfuseError
 from ..log import ort_severity
 
@@ -78,3 +78,25 @@ def batch_size_for(model: onnx.ModelProto, wanted: int = 64) -> int:
     return wanted
 
 
+
+
+def assumed_input_shapes(model: onnx.ModelProto, given: dict[str, list[int]],
+                         source: onnx.ModelProto | str | None = None) -> dict[str, list[int]]:
+    """Shapes for the dynamic input dimensions that `given` leaves open: the first candidate
+    (calibration/data.py: image_sides) the model runs at on the CPU; none needed, none returned.
+    `source`: what ONNX Runtime loads (the file, when the weights are external), default `model`."""
+    if not representative_shapes(model, given):
+        return {}
+    sess = session(source or model, "cpu")
+    silent = ort.RunOptions()
+    silent.log_severity_level = 4  # a size that does not fit is expected here, not an error to print
+    for sides in image_sides(model):
+        shapes = representative_shapes(model, given, sides)
+        try:
+            sess.run(None, random_inputs(model, batch=1, shapes={**given, **shapes}).feeds, silent)
+            return shapes
+        except Exception:  # noqa: BLE001  (onnxruntime's own exception types: this size does not fit)
+            continue
+    names = ", ".join(representative_shapes(model, given))
+    raise OnnxfuseError(f"input(s) {names} have dynamic dimensions and the model runs at none of the sizes tried "
+                        f"({', '.join(f'{h}x{w}' for h, w in image_sides(model))}); give them with --input-shape")
