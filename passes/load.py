@@ -9,6 +9,7 @@ from onnxfuse.calibration.data import (
     parse_input_shapes,
 )
 from onnxfuse.runtime.sessions import assumed_input_shapes
+from onnxfuse.errors import OnnxfuseError
 from onnxfuse.graph.io import check_model, has_external_data, load_model
 from onnxfuse.log import warning
 from onnxfuse.pipeline.contract import Pass, register_pass
@@ -40,6 +41,8 @@ class Load(Pass):
                                                  opts.preprocess, opts.labels_key)
         if opts.data:
             calibration.data = load_npz(opts.data, model.original, opts.labels_key)
+            if opts.max_accuracy_drop is not None and calibration.data.labels is None:
+                raise OnnxfuseError(f"{opts.data}: max-accuracy-drop needs labels (array {opts.labels_key!r})")
         model.input_shapes = parse_input_shapes(list(opts.input_shape), model.original)
         example = calibration.data or calibration.calib
         if example is not None and has_dynamic_dims(model.original):

@@ -3,7 +3,9 @@ from onnxfuse.log import info
 from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.planning.counts import estimated_mac_ratio, keep_counts, solve_sparsity_for_macs, top_k
 from onnxfuse.planning.latency import LatencyModel, LatencyProbe, measure_latency_savings
+from onnxfuse.planning.quality import quality_of, smallest_ratio
 from onnxfuse.planning.sensitivity import LEVELS, allocate, best_plan, importance_damage, measure_sensitivity
+from onnxfuse.runtime.compare import compare
 
 
 @register_pass
@@ -22,6 +24,8 @@ class Plan(Pass):
             groups = [g for g in groups if g.id in decisions.only_groups]
         if decisions.fixed_counts is not None:
             counts = decisions.fixed_counts
+        elif opts.quality_target:
+            counts = self._quality(ctx)
         elif opts.allocate == "sensitivity":
             counts = self._sensitivity(ctx)
         elif opts.target_latency is not None:
@@ -48,6 +52,36 @@ class Plan(Pass):
         ctx.report["allocation"] = {"chosen": chosen, "damage": {k: round(v, 6) for k, v in totals.items()}}
         info(f"allocation: {chosen} (calibration damage {', '.join(f'{k} {v:.4f}' for k, v in totals.items())})")
         return counts
+
+    @staticmethod
+    def _quality(ctx):
+        """The smallest MAC ratio whose quality on --data meets the target (planning/quality.py)."""
+        opts, model, analysis = ctx.options, ctx.model, ctx.model.analysis
+        damage = measure_sensitivity(analysis, ctx.probes) if opts.allocate == "sensitivity" else None
+
+        def counts_for(ratio):
+            if damage is not None:
+                return allocate(analysis, damage, ratio, opts.round_to)
+            return solve_sparsity_for_macs(analysis, ctx.decisions.scores, ratio, opts.round_to, opts.global_ranking,
+                                           opts.max_sparsity)[1]
+
+        def evaluate(ratio):
+            try:
+                counts = counts_for(ratio)
+            except OnnxfuseError:
+                return None  # below what the groups allow
+            validation = compare(model.original, ctx.probes.compressed(counts), ctx.calibration.data, opts.device,
+                                 original_path=model.original_path)
+            point = quality_of(validation, opts.min_agreement, opts.max_accuracy_drop)
+            info(f"quality search: {ratio:.3f} of the MACs: " + ", ".join(f"{k} {v}" for k, v in point.items()))
+            return {"estimated_mac_ratio": round(estimated_mac_ratio(analysis, counts), 4), **point}
+
+        what = (f"top-1 agreement {opts.min_agreement}" if opts.min_agreement is not None
+                else f"accuracy drop {opts.max_accuracy_drop}")
+        ratio, points = smallest_ratio(evaluate, what)
+        ctx.report["quality_search"] = {"target": what, "chosen_mac_ratio": ratio, "points": points,
+                                        "data": opts.data}
+        return counts_for(ratio)
 
     @staticmethod
     def _latency(ctx, corrections: int = 3):

@@ -108,3 +108,56 @@ def test_the_models_own_image_size_comes_first():
     del model.metadata_props[:]
     _, report = onnxfuse.compress(onnx.load_from_string(model.SerializeToString()), 0.3, quiet=True, validate=False)
     assert report["assumed_input_shapes"] == {"x": [1, 3, 224, 224]}
+
+
+def _quality_files(tmp_path, n_calib=64, n_data=300):
+    np.savez(tmp_path / "calib.npz", input=np.load(CALIB)["input"][:n_calib])
+    with np.load(ROOT / "models" / "data" / "fmnist_eval2000.npz") as data:
+        np.savez(tmp_path / "data.npz", input=data["input"][:n_data], labels=data["labels"][:n_data])
+    return str(tmp_path / "calib.npz"), str(tmp_path / "data.npz")
+
+
+def test_min_agreement_finds_the_smallest_ratio_that_meets_it_and_reports_every_point(tmp_path):
+    from onnxfuse.planning.quality import STEPS
+
+    calib, data = _quality_files(tmp_path)
+    _, report = onnxfuse.compress(str(TINYRES), calib=calib, data=data, min_agreement=0.9, allocate="uniform",
+                                  quiet=True)
+    search = report["quality_search"]
+    assert len(search["points"]) == STEPS
+    met = [p for p in search["points"] if p["meets"]]
+    assert met and search["chosen_mac_ratio"] == min(p["mac_ratio"] for p in met)
+    missed = [p["mac_ratio"] for p in search["points"] if not p["meets"]]
+    assert all(m < search["chosen_mac_ratio"] for m in missed)  # bisection: every miss lies below the choice
+    chosen = next(p for p in met if p["mac_ratio"] == search["chosen_mac_ratio"])
+    assert report["validation"]["top1_agreement"] == pytest.approx(chosen["top1_agreement"], abs=1e-4)
+    assert report["validation"]["top1_agreement"] >= 0.9
+
+
+def test_an_unmeetable_quality_target_exits_2_with_the_best_point(tmp_path, capsys, monkeypatch):
+    from onnxfuse.planning import quality
+
+    monkeypatch.setattr(quality, "STEPS", 2)  # 0.5 and 0.75 of the MACs: neither keeps every prediction
+    calib, data = _quality_files(tmp_path)
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli(["compress", TINYRES, "-o", out, "--calib", calib, "--data", data, "--min-agreement", "1",
+                            "--allocate", "uniform"], capsys)
+    assert code == 2 and not out.exists()
+    assert "cannot meet top-1 agreement 1.0: the best point tried is top-1 agreement" in err
+    assert "at 0.750 of the MACs" in err and err.count("\n") <= 8
+
+
+@pytest.mark.parametrize("argv, match", [
+    (["--min-agreement", "0.9"], "give --data"),
+    (["--min-agreement", "0.9", "--target-macs", "0.5", "--data", "D"], "chooses the MACs itself"),
+    (["--min-agreement", "0.9", "--max-accuracy-drop", "0.01", "--data", "D"], "one of"),
+    (["--min-agreement", "1.5", "--data", "D"], "min-agreement must be"),
+])
+def test_quality_targets_refuse_what_they_cannot_use(argv, match):
+    options = {"min_agreement": None, "max_accuracy_drop": None, "target_macs": None, "data": None}
+    keys = {"--min-agreement": "min_agreement", "--max-accuracy-drop": "max_accuracy_drop",
+            "--target-macs": "target_macs", "--data": "data"}
+    for flag, value in zip(argv[::2], argv[1::2]):
+        options[keys[flag]] = value if flag == "--data" else float(value)
+    with pytest.raises(onnxfuse.OnnxfuseError, match=match):
+        pipeline.Options(**options).check()

@@ -30,7 +30,9 @@ def recipe(with_calibration: bool, with_mac_budget: bool) -> dict[str, str]:
 
 def auto_fields(options) -> dict[str, str]:
     """The options left at "auto", with the value the recipe gives each."""
-    values = recipe(bool(options.calib), options.target_macs is not None and options.target_latency is None)
+    budget = options.target_macs is not None or options.min_agreement is not None or \
+        options.max_accuracy_drop is not None
+    values = recipe(bool(options.calib), budget and options.target_latency is None)
     current = {name: getattr(options.fusion if name in FUSION_FIELDS else options, name) for name in values}
     return {name: values[name] for name, value in current.items() if value == AUTO}
 

@@ -46,6 +46,12 @@ class Options:
                                        metavar="F")
     target_latency: float | None = option(None, "reach this fraction of the original ONNX Runtime latency "
                                           "(per-group timings)", type=float, metavar="F")
+    min_agreement: float | None = option(None, "the smallest MAC ratio whose top-1 agreement with the original on "
+                                         "--data is at least A (bisection, every point reported)", type=float,
+                                         metavar="A")
+    max_accuracy_drop: float | None = option(None, "the smallest MAC ratio whose accuracy on --data (labels) is at "
+                                             "most D below the original's, D a fraction (0.01 = one point)",
+                                             type=float, metavar="D")
     latency_batch: int = option(32, "batch size for --target-latency", type="positive_int", metavar="N")
     allocate: str = option("auto", "sensitivity: per-group sparsities measured on --calib data to meet "
                            "--target-macs (auto: sensitivity with --calib and --target-macs, else uniform)",
@@ -107,6 +113,7 @@ class Options:
             raise OnnxfuseError(f"target-latency must be in (0, 1], got {self.target_latency}")
         if self.target_latency is not None and (self.target_macs is not None or self.allocate != "uniform"):
             raise OnnxfuseError("target-latency cannot be combined with target-macs or allocate sensitivity")
+        self._check_quality_target()
         for name, value in (("latency-batch", self.latency_batch), ("calib-samples", self.calib_samples)):
             if not positive_int(value):
                 raise OnnxfuseError(f"{name} must be a positive integer, got {value}")
@@ -114,13 +121,33 @@ class Options:
         self.fusion.check()
         if self.allocate not in ALLOCATIONS:
             raise OnnxfuseError(f"unknown allocation {self.allocate!r}; choose from {', '.join(ALLOCATIONS)}")
-        if self.allocate == "sensitivity" and (self.target_macs is None or not self.calib):
-            raise OnnxfuseError("allocate sensitivity needs --target-macs and calibration data (--calib)")
+        if self.allocate == "sensitivity" and ((self.target_macs is None and not self.quality_target) or not self.calib):
+            raise OnnxfuseError("allocate sensitivity needs --target-macs (or a quality target) and calibration "
+                                "data (--calib)")
         if self.repair not in repair_choices():
             raise OnnxfuseError(f"unknown repair {self.repair!r}; choose from {', '.join(repair_choices())}")
         if self.repair not in REPAIR_MODES and not self.calib:
             raise OnnxfuseError(f"repair {self.repair} needs calibration data (--calib)")
         self._check_needs()
+
+    @property
+    def quality_target(self) -> bool:
+        return self.min_agreement is not None or self.max_accuracy_drop is not None
+
+    def _check_quality_target(self) -> None:
+        if not self.quality_target:
+            return
+        if self.min_agreement is not None and self.max_accuracy_drop is not None:
+            raise OnnxfuseError("give one of min-agreement and max-accuracy-drop")
+        if self.min_agreement is not None and not 0.0 < self.min_agreement <= 1.0:
+            raise OnnxfuseError(f"min-agreement must be in (0, 1], got {self.min_agreement}")
+        if self.max_accuracy_drop is not None and not 0.0 <= self.max_accuracy_drop < 1.0:
+            raise OnnxfuseError(f"max-accuracy-drop must be in [0, 1), got {self.max_accuracy_drop}")
+        if self.target_macs is not None or self.target_latency is not None:
+            raise OnnxfuseError("a quality target (min-agreement, max-accuracy-drop) chooses the MACs itself: "
+                                "drop target-macs / target-latency")
+        if not self.data:
+            raise OnnxfuseError("a quality target is judged on validation data the repair does not see: give --data")
 
     def _check_needs(self) -> None:
         """What the chosen importance and method declare they need."""

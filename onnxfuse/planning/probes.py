@@ -24,6 +24,7 @@ HELD_OUT_DIVISOR = 4  # a quarter of the calibration samples judge the probes: a
 # on the same samples looks better the more it overfits, which would favour plans that leave many small refits
 DAMAGE_PASSES = ("plan", "fuse", "repair")
 PRUNED_PASSES = ("score", "plan", "fuse", "emit")
+COMPRESSED_PASSES = ("plan", "fuse", "repair", "emit")
 
 
 class Probes:
@@ -39,10 +40,19 @@ class Probes:
         ctx = self._ctx
         fit, held_out = ctx.calibration.calib.split(HELD_OUT_DIVISOR, PROBE_SAMPLES)
         options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
-                                      validate=False, **changes)
+                                      min_agreement=None, max_accuracy_drop=None, validate=False, **changes)
         probe = self._fork(options, dataclasses.replace(ctx.calibration, calib=fit), only_groups, fixed_counts)
         probe = self._run(probe, DAMAGE_PASSES)
         return output_damage(ctx.model.model_source, runnable(probe.model.graph, ctx.model.original), held_out)
+
+    def compressed(self, fixed_counts: dict[int, int]) -> onnx.ModelProto:
+        """The model the configured recipe gives at these widths, the repair fitted on all the
+        calibration data (what the quality search judges on the validation data)."""
+        ctx = self._ctx
+        options = dataclasses.replace(ctx.options, target_macs=None, min_agreement=None, max_accuracy_drop=None,
+                                      allocate="uniform", validate=False)
+        probe = self._fork(options, ctx.calibration, None, fixed_counts)
+        return self._run(probe, COMPRESSED_PASSES).model.result
 
     def pruned(self, fixed_counts: dict[int, int] | None = None, only_groups: tuple[int, ...] | None = None,
                **changes) -> onnx.ModelProto:
@@ -50,7 +60,7 @@ class Probes:
         ctx = self._ctx
         options = dataclasses.replace(ctx.options, method="prune", importance="l1", repair="none", calib=None,
                                       data=None, target_latency=None, target_macs=None, allocate="uniform",
-                                      validate=False, **changes)
+                                      min_agreement=None, max_accuracy_drop=None, validate=False, **changes)
         calibration = type(ctx.calibration)()
         return self._run(self._fork(options, calibration, only_groups, fixed_counts), PRUNED_PASSES).model.result
 
