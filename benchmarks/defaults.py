@@ -93,7 +93,8 @@ def write(store: dict, targets: list[float]) -> None:
             for variant in VARIANTS:
                 cell = cells.get(f"{variant}|{target}")
                 share = None if cell is None else 100 * cell["accuracy"] / cells["dense"]
-                row.append("–" if cell is None else f"{100 * cell['accuracy']:.1f} ({share:.0f}%) {cell['seconds']:.0f} s")
+                row.append("–" if cell is None else
+                           f"{100 * cell['accuracy']:.1f} ({share:.0f}%) {cell['seconds']:.0f} s")
             lines.append(f"| {model} | {100 * cells['dense']:.1f} | {target} | " + " | ".join(row) + " |")
     lines += ["", "Mean % of dense over the models measured in every column:", ""]
     for target in targets:

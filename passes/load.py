@@ -8,11 +8,11 @@ from onnxfuse.calibration.data import (
     load_npz,
     parse_input_shapes,
 )
-from onnxfuse.runtime.sessions import assumed_input_shapes
 from onnxfuse.errors import OnnxfuseError
 from onnxfuse.graph.io import check_model, has_external_data, load_model
 from onnxfuse.log import warning
 from onnxfuse.pipeline.contract import Pass, register_pass
+from onnxfuse.runtime.sessions import assumed_input_shapes
 
 
 @register_pass

@@ -41,8 +41,8 @@ def test_channel_stats_match_numpy():
 def test_stats_repair_matches_the_target_statistics(method, normalization, tmp_path):
     data = _calib()
     np.savez(tmp_path / "calib.npz", input=data.feeds["input"])
-    options = pipeline.Options(sparsity=0.5, method=method, repair="stats", fusion=FusionOptions(normalization=normalization),
-                               calib=str(tmp_path / "calib.npz"), validate=False)
+    options = pipeline.Options(sparsity=0.5, method=method, repair="stats", calib=str(tmp_path / "calib.npz"),
+                               fusion=FusionOptions(normalization=normalization), validate=False)
     ctx = pipeline.run(pipeline.Context.for_model(options, str(FOLDED)), stop_after="emit")
     maps = ctx.decisions.space_maps
     units = [(ctx.model.analysis.groups[gid], m.space) for gid in maps.maps

@@ -121,7 +121,8 @@ class Options:
         self.fusion.check()
         if self.allocate not in ALLOCATIONS:
             raise OnnxfuseError(f"unknown allocation {self.allocate!r}; choose from {', '.join(ALLOCATIONS)}")
-        if self.allocate == "sensitivity" and ((self.target_macs is None and not self.quality_target) or not self.calib):
+        budget = self.target_macs is not None or self.quality_target
+        if self.allocate == "sensitivity" and (not budget or not self.calib):
             raise OnnxfuseError("allocate sensitivity needs --target-macs (or a quality target) and calibration "
                                 "data (--calib)")
         if self.repair not in repair_choices():

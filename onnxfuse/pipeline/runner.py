@@ -12,8 +12,8 @@ from ..errors import OnnxfuseError
 from ..planning.probes import Probes
 from .build import passes as build_passes
 from .context import Context
-from .defaults import reported_defaults
 from .contract import Pass, PassContractError, PassFailed
+from .defaults import reported_defaults
 
 
 def run(ctx: Context, stop_after: str | None = None, passes: Sequence[Pass] | None = None) -> Context:
