@@ -42,7 +42,7 @@ from onnxfuse import pipeline  # noqa: E402
 from onnxfuse.api import make_synthetic_calibration  # noqa: E402
 from onnxfuse.graph.io import load_model  # noqa: E402
 from onnxfuse.methods.channelmap import GroupMap  # noqa: E402
-from onnxfuse.methods.intra_fusion import fusion_map, member_features  # noqa: E402
+from onnxfuse.methods.intra_fusion import FusionOptions, fusion_map, member_features  # noqa: E402
 
 
 def merging_map(group, tensors, kept, scores, options, activations=None) -> GroupMap:
@@ -83,7 +83,8 @@ def evaluate(model, data, sparsities, noise_npz: str, synth_npz: str) -> dict:
     for name, (map_fn, extra) in variants.items():
         cells = []
         for s in sparsities:
-            options = pipeline.Options(sparsity=s, method="fuse", validate=False, **extra)
+            options = pipeline.Options(sparsity=s, method="fuse", validate=False,  # the data-free fusion options
+                                       fusion=FusionOptions(normalization="rescale", features="weights"), **extra)
             with mock.patch.object(onnxfuse.methods.intra_fusion, "fusion_map", map_fn or fusion_map):
                 cells.append(accuracy(pipeline.run(pipeline.Context.for_model(options, model)).model.result, data))
         rows[name] = cells

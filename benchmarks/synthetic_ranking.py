@@ -31,6 +31,7 @@ from onnxfuse.calibration.data import Dataset, input_specs  # noqa: E402
 from onnxfuse.calibration.synthetic import GENERATORS, PROBE_SAMPLES, bn_statistics, mismatch  # noqa: E402
 from onnxfuse.graph.io import load_model  # noqa: E402
 from onnxfuse.log import progress  # noqa: E402
+from onnxfuse.methods.intra_fusion import FusionOptions  # noqa: E402
 
 PLOT = ROOT / "benchmarks" / "synthetic_ranking.png"
 
@@ -44,7 +45,7 @@ def measure(arch: str, folded: Path, sparsity: float, data: Dataset, tmp: Path) 
         score = mismatch(with_bn, Dataset({name: generator.sample(PROBE_SAMPLES, shape, 1)}), stats)
         np.savez(tmp / "synthetic.npz", **{name: generator.sample(256, shape, 0)})
         options = pipeline.Options(sparsity=sparsity, method="fuse", validate=False, calib=str(tmp / "synthetic.npz"),
-                                   repair="stats")
+                                   repair="stats", fusion=FusionOptions(normalization="rescale", features="weights"))
         points.append((score, accuracy(pipeline.run(pipeline.Context.for_model(options, model)).model.result, data)))
     return points
 
