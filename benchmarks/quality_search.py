@@ -80,7 +80,9 @@ def write(stored: dict, test_name: str) -> None:
              "models/data/fmnist_calib512.npz --data SEARCH.npz --max-accuracy-drop D` (defaults otherwise: "
              "L1 pruning, sensitivity allocation measured once, lsq). SEARCH.npz: 2 000 labelled train images "
              f"outside the calibration set; the drop is then measured on the {test_name}, which the search "
-             "never saw. Points: pipeline runs of the search (each compresses and judges one MAC ratio).", "",
+             "never saw. Points: pipeline runs of the search (each compresses and judges one MAC ratio); time: "
+             "the whole compress (the sensitivity table once, then every point), on 2 CPU cores that other "
+             "benchmarks shared during the recorded run.", "",
              "| model | D | MACs chosen | drop on the search data | drop on the test split | points | time |",
              "|---|---|---|---|---|---|---|"]
     for key, r in sorted(stored.items(), key=lambda kv: str(kv[0])):
