@@ -1,7 +1,8 @@
 """The training stage (extra `train`): the only package that imports torch, and only in its modules,
-never here. Reserved: the torch view of the graph, distillation and the training-time methods
-(TPP, structured directional pruning, iterative pruning) land here as modules registered with
-`register_training_method`; none is implemented yet.
+never here. `view.TorchView` runs an ONNX graph with torch ops (op table: ops.py, nn_ops.py) and
+`view.write_back` puts trained weights back into the same graph. Not yet: distillation, the
+`finetune` command, and the training-time methods (TPP, structured directional pruning, iterative
+pruning), which will register with `register_training_method`.
 """
 
 from __future__ import annotations
