@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
+from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 
 class Net:
@@ -40,12 +41,12 @@ class Net:
             inputs.append(self.rand(c_out, scale=0.1))
         return self.op("Conv", inputs, pads=[k // 2] * 4, group=group, strides=[stride, stride])
 
-    def bn(self, x: str, c: int) -> str:
+    def bn(self, x: str, c: int, **attrs) -> str:
         scale = self.const(self.rng.uniform(0.5, 1.5, c).astype(np.float32))
         shift = self.const(self.rng.uniform(-0.2, 0.2, c).astype(np.float32))
         mean = self.const(self.rng.uniform(-0.2, 0.2, c).astype(np.float32))
         var = self.const(self.rng.uniform(0.5, 2.0, c).astype(np.float32))
-        return self.op("BatchNormalization", [x, scale, shift, mean, var], epsilon=1e-3)
+        return self.op("BatchNormalization", [x, scale, shift, mean, var], epsilon=1e-3, **attrs)
 
     def relu(self, x: str) -> str:
         return self.op("Relu", [x])
@@ -61,6 +62,19 @@ class Net:
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)])
         model.ir_version = 8
         model = onnx.shape_inference.infer_shapes(model)
+        del model.graph.value_info[:]
+        onnx.checker.check_model(model, full_check=True)
+        return model
+
+    def classic_model(self, *outputs: str, ir_version: int = 3) -> onnx.ModelProto:
+        """The model as classic exporters wrote it: every initializer also listed as a graph input,
+        an old IR version; output shapes from ONNX Runtime's symbolic inference (computed Reshape shapes)."""
+        graph = helper.make_graph(
+            self.nodes, "classic", [helper.make_tensor_value_info("x", TensorProto.FLOAT, list(self.input_shape))],
+            [helper.make_tensor_value_info(o, TensorProto.FLOAT, None) for o in outputs], self.inits)
+        graph.input.extend(helper.make_tensor_value_info(t.name, t.data_type, list(t.dims)) for t in self.inits)
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", self.opset)], ir_version=ir_version)
+        model = SymbolicShapeInference.infer_shapes(model, auto_merge=True)  # resolves computed shapes
         del model.graph.value_info[:]
         onnx.checker.check_model(model, full_check=True)
         return model

@@ -12,6 +12,7 @@ from onnx_graphsurgeon.ir.tensor import LazyValues
 
 from ..errors import OnnxfuseError
 from .layouts import WEIGHTED_OPS
+from .legacy import list_initializers_as_inputs
 
 
 def import_graph(model: onnx.ModelProto, weights_dir: str | None = None) -> gs.Graph:
@@ -118,6 +119,7 @@ def _export(graph: gs.Graph, like: onnx.ModelProto) -> onnx.ModelProto:
     del model.metadata_props[:]
     model.metadata_props.extend(like.metadata_props)
     _keep_interface_types(model, like)
+    list_initializers_as_inputs(model)  # IR < 4 requires it
     return model
 
 

@@ -9,10 +9,12 @@ eps, and shapes are inferred.
 from __future__ import annotations
 
 import numpy as np
+import onnx
 import onnx_graphsurgeon as gs
 
 from ..errors import OnnxfuseError
 from .layouts import bias_values, layout_of, scale_output_rows, write_bias
+from .legacy import batchnorm_not_per_channel
 from .view import is_onnx_domain
 
 
@@ -172,6 +174,8 @@ def fold_batchnorms(graph: gs.Graph) -> list[str]:
         bn = _single_consumer(node.outputs[0], graph)
         if bn is None or bn.op != "BatchNormalization" or len(bn.outputs) != 1 or bn.attrs.get("training_mode", 0):
             continue
+        if batchnorm_not_per_channel(bn, _opset(graph)):
+            continue  # spatial=0, is_test=0: left as it is (the analysis freezes it)
         params = bn.inputs[1:5]
         if not all(isinstance(p, gs.Constant) for p in params):
             continue
@@ -187,6 +191,10 @@ def fold_batchnorms(graph: gs.Graph) -> list[str]:
         bn.inputs.clear()
         count += 1
     return [f"{count} BatchNormalization folded into Conv/Gemm"] if count else []
+
+
+def _opset(graph: gs.Graph) -> int:
+    return int(graph.opset) if graph.opset else onnx.defs.onnx_opset_version()
 
 
 def _fold_scale_into(node: gs.Node, scale: np.ndarray, shift: np.ndarray) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...graph.legacy import channel_scale
 from ...graph.view import GraphView, node_label
 from ..relations import Couple, Fixup, Freeze, Member
 from .common import first_input, first_output, norm_axis
@@ -34,10 +35,23 @@ def spatial_pool(node, tensor, axis, g: GraphView):
         return []
     if axis != 1:
         return [Freeze((tensor.name, axis), f"{node.op} changes axis {axis} ({node_label(node)})")]
+    if node.op in ("Resize", "Upsample") and (reason := _scales_channels(node, x, y, g)):
+        return [Freeze((tensor.name, axis), f"{node.op} {reason} ({node_label(node)})")]
     relations = [Couple((x.name, 1), (y.name, 1))]
     if node.op == "Resize" and isinstance(g.input(node, 3), gs.Constant):
         relations.append(Fixup(node_label(node), "sizes", _fix_resize_sizes))  # a target size per axis
     return relations
+
+
+def _scales_channels(node: gs.Node, x: gs.Tensor, y: gs.Tensor, g: GraphView) -> str | None:
+    """Why a Resize/Upsample may not keep the channel axis as it is, or None."""
+    scale = channel_scale(node, g.opset)
+    if scale is not None:
+        return None if scale == 1 else f"scales the channel axis by {scale:g}"
+    before, after = g.dim(x, 1), g.dim(y, 1)
+    if isinstance(before, int) and isinstance(after, int):
+        return None if before == after else "changes the channel axis"
+    return "with computed scales" if node.op == "Upsample" else None
 
 
 def _fix_resize_sizes(node: gs.Node, new_width, new_index):

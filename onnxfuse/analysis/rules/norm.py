@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 import onnx_graphsurgeon as gs
 
+from ...graph.legacy import batchnorm_not_per_channel
 from ...graph.view import GraphView, node_label
 from ..relations import Couple, Expand, Fixup, Freeze, Local, Member
 from .common import first_input, first_output, fix_reshape, norm_axis
@@ -24,6 +25,8 @@ def batchnorm(node, tensor, axis, g: GraphView):
         return []
     if node.op == "BatchNormalization" and (node.attrs.get("training_mode", 0) or len(node.outputs) > 1):
         return [Freeze((tensor.name, axis), f"BatchNormalization in training mode ({node_label(node)})")]
+    if node.op == "BatchNormalization" and (reason := batchnorm_not_per_channel(node, g.opset)):
+        return [Freeze((tensor.name, axis), f"{reason} ({node_label(node)})")]
     if node.op == "InstanceNormalization" and axis != 1:
         return [Freeze((tensor.name, axis), f"InstanceNormalization normalises axis {axis}")]
     relations = [Couple((x.name, axis), (y.name, axis))]
