@@ -1,5 +1,11 @@
 """onnxfuse: shrink exported ONNX networks by merging (Intra-Fusion) or pruning coupled channels."""
 
+import os as _os
+
+# Before ONNX Runtime is imported: its telemetry client (1.2x) keeps files in TMPDIR (.ses) and in
+# ~/.cache/Microsoft, and onnxfuse writes nothing outside its outputs. Set the variable to keep it.
+_os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
+
 from .analysis.rules import register_op_rule
 from .api import bench, compress, inspect, make_calibration, make_synthetic_calibration, sweep, validate
 from .errors import OnnxfuseError

@@ -16,7 +16,7 @@ import sys
 from inspect import signature
 from pathlib import Path
 
-from . import api, log
+from . import api, log, scratch
 from .calibration.images import Preprocess
 from .errors import OnnxfuseError
 from .graph.io import check_output_path, save_model
@@ -268,11 +268,14 @@ def _color(text: str) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
-    if args.verbose:
-        log.verbose(True)
+    """One command in one run: its temporary files live in one private folder, removed at the end;
+    Ctrl-C removes the outputs already written too, prints one line and exits 130."""
     try:
-        return COMMANDS[args.command](args)
+        args = build_parser().parse_args(argv)
+        if args.verbose:
+            log.verbose(True)
+        with scratch.run():
+            return COMMANDS[args.command](args)
     except OnnxfuseError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

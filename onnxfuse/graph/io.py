@@ -12,6 +12,12 @@ from google.protobuf.message import DecodeError
 from onnx.external_data_helper import ExternalDataInfo, load_external_data_for_tensor, set_external_data
 
 from ..errors import OnnxfuseError
+from ..scratch import committed, interrupts_held
+
+try:
+    import fcntl
+except ImportError:  # Windows: no folder lock
+    fcntl = None
 
 TWO_GB = 2**31
 
@@ -101,25 +107,29 @@ EXTERNAL_THRESHOLD = 1024  # bytes: smaller tensors stay in the .onnx file (onnx
 def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str | os.PathLike | None = None):
     """Write atomically (temp files in the same folder, then renames); never overwrite the input.
     The weights go to `OUT.onnx.data` (external data) when the input kept them so or above 2 GB;
-    as with onnx.save_model, the model's tensors then point there instead of holding their data."""
+    as with onnx.save_model, the model's tensors then point there instead of holding their data.
+    Concurrent writers of one path leave one writer's whole result: the renames of a model and its
+    data happen under a lock on the folder; Ctrl-C waits for them (see `scratch`)."""
     path = Path(path)
     check_output_path(path, input_path)
     external = model.ByteSize() >= TWO_GB or input_path is not None and _has_external_data(input_path)
     data = path.with_name(path.name + ".data")
-    temps = []
+    temps: list[str] = []
     try:
         if external:
-            temps.append(_temp_file(data))
+            _temp_file(data, temps)
             _write_external_data(model, temps[-1], data.name)
-        temps.append(_temp_file(path))
+        _temp_file(path, temps)
         onnx.save_model(model, temps[-1])
-        if external:
-            os.replace(temps[0], data)
-        os.replace(temps[-1], path)
+        with interrupts_held(), _folder_lock(path.parent, external):
+            if external:
+                os.replace(temps[0], data)
+                committed(data)
+            os.replace(temps[-1], path)
+            committed(path)
+            temps.clear()
     except BaseException:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        _unlink(temps)
         raise
 
 
@@ -127,21 +137,49 @@ def save_model(model: onnx.ModelProto, path: str | os.PathLike, input_path: str 
 def atomic_file(path: str | os.PathLike, mode: str = "wb"):
     """A file to write `path` through: a temporary file in the same folder, renamed to `path` when
     the block ends, removed if it raises."""
-    tmp = _temp_file(Path(path))
+    temps: list[str] = []
     try:
-        with open(tmp, mode) as f:
+        _temp_file(Path(path), temps)
+        with open(temps[0], mode) as f:
             yield f
-        os.replace(tmp, path)
+        with interrupts_held():
+            os.replace(temps[0], path)
+            committed(path)
+            temps.clear()
     except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        _unlink(temps)
         raise
 
 
-def _temp_file(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
+def _temp_file(path: Path, temps: list[str]) -> None:
+    """A new temporary file next to `path`, appended to `temps` (Ctrl-C cannot fall in between)."""
+    with interrupts_held():
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        temps.append(tmp)
+
+
+def _unlink(paths: list[str]) -> None:
+    with interrupts_held():
+        for tmp in paths:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path, needed: bool):
+    """An exclusive lock on the folder itself (no lock file) while a model and its data file are
+    renamed, so that two writers of one path cannot leave one's model with the other's data."""
+    fd = None
+    if needed and fcntl is not None:
+        with contextlib.suppress(OSError):
+            fd = os.open(folder, os.O_RDONLY)
+            fcntl.flock(fd, fcntl.LOCK_EX)
+    try:
+        yield
+    finally:
+        if fd is not None:
+            os.close(fd)  # releases the lock
 
 
 def _write_external_data(model: onnx.ModelProto, data_path: str, location: str) -> None:
@@ -177,6 +215,12 @@ def check_output_path(path: Path, input_path: str | os.PathLike | None) -> None:
         raise OnnxfuseError(f"{path.parent}: output directory {state}")
     if not os.access(path.parent, os.W_OK):
         raise OnnxfuseError(f"{path.parent}: output directory is not writable")
+    try:  # permissions do not tell all (root, read-only mounts, pseudo file systems): try it
+        temps: list[str] = []
+        _temp_file(path, temps)
+        _unlink(temps)
+    except OSError as exc:
+        raise OnnxfuseError(f"{path.parent}: output directory is not writable ({exc.strerror or exc})") from None
 
 
 def _first_line(exc: BaseException) -> str:

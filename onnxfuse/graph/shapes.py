@@ -9,6 +9,7 @@ from onnx_graphsurgeon.importers.onnx_importer import get_onnx_tensor_dtype, get
 from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
 
 from ..errors import OnnxfuseError
+from ..scratch import private_cwd
 from .convert import import_graph, skeleton
 
 
@@ -86,8 +87,9 @@ def _infer_standard(model: onnx.ModelProto) -> onnx.ModelProto:
         raise OnnxfuseError(f"shape inference failed: {str(exc).splitlines()[0]}") from None
     if not _unresolved_reshapes(inferred):
         return inferred
-    try:
-        symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
+    try:  # where it stops short it saves the model (external data too) into the working directory
+        with private_cwd():
+            symbolic = SymbolicShapeInference.infer_shapes(model, auto_merge=True)
     except Exception:  # it raises assorted errors on ops it does not know; keep ONNX's result
         return inferred
     return symbolic if symbolic is not None else inferred

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import OnnxfuseError
+from ..graph.io import atomic_file
 
 
 def check_out_dir(out_dir: Path) -> None:
@@ -62,5 +63,6 @@ def plot(result: dict, path: Path) -> None:
         ax.grid(alpha=0.3)
         ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    with atomic_file(path) as f:  # never a partial plot
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
