@@ -130,6 +130,8 @@ def plot(store: dict, targets: list[float]) -> None:
             if points:
                 ax.plot(*zip(*points), marker="o", label=variant, linewidth=2.5 if variant == "defaults" else 1)
         finish_accuracy_axis(ax, store[model]["dense"], model, "MACs kept (fraction)")
+    richest = max(axes[0], key=lambda ax: len(ax.get_lines()))
+    richest.legend(fontsize=7)  # the panel that has every variant; save_figure labels the first one too
     save_figure(fig, axes, ROOT / "benchmarks" / "defaults.png")
 
 
