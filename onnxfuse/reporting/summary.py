@@ -93,9 +93,10 @@ def _repair_lines(report: dict) -> list[str]:
         refit = [s for s in steps if s.get("refit", True)]
         before, after = (np.mean([s[key] for s in steps]) for key in ("output_error_before", "output_error_after"))
         thin = min(s["rows"] / s["columns"] for s in steps)
-        lines.append(f"lsq repair: {len(refit)} of {len(steps)} consumers refit (the others kept their weights: "
-                     f"no better on held-out folds), mean relative output error on the calibration data "
-                     f"{before:.3f} -> {after:.3f}; fewest rows per column {thin:.1f}")
+        kept = f" ({len(steps) - len(refit)} kept their weights: no better on every held-out fold)" \
+            if len(refit) < len(steps) else ""
+        lines.append(f"lsq repair: {len(refit)} of {len(steps)} consumers refit{kept}, mean relative output error "
+                     f"on the calibration data {before:.3f} -> {after:.3f}; fewest rows per column {thin:.1f}")
         held = [s for s in steps if "held_out_error_before" in s]
         if held:
             lines.append("  on held-out folds: " + f"{np.mean([s['held_out_error_before'] for s in held]):.3f} -> "
