@@ -222,8 +222,8 @@ SEQUENCE = 128  # any other dynamic axis but the batch
 def image_sides(model: onnx.ModelProto) -> list[tuple[int, int]]:
     """Candidate H, W for dynamic image axes: the model's metadata (`imgsz`, as Ultralytics exports
     write it) first, then IMAGE_SIDES."""
-    return list(dict.fromkeys(([_metadata_image_size(model)] if _metadata_image_size(model) else [])
-                              + [(s, s) for s in IMAGE_SIDES]))
+    metadata = _metadata_image_size(model)
+    return list(dict.fromkeys(([metadata] if metadata else []) + [(s, s) for s in IMAGE_SIDES]))
 
 
 def representative_shapes(model: onnx.ModelProto, given: dict[str, list[int]] | None = None,

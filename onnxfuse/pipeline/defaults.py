@@ -28,10 +28,15 @@ def recipe(with_calibration: bool, with_mac_budget: bool) -> dict[str, str]:
     return chosen
 
 
+def auto_help(name: str) -> str:
+    """What "auto" means for option `name`, for its --help."""
+    with_data, without = CALIBRATED[name], DATA_FREE[name]
+    return f"auto: {with_data}" if with_data == without else f"auto: {with_data} with --calib, else {without}"
+
+
 def auto_fields(options) -> dict[str, str]:
     """The options left at "auto", with the value the recipe gives each."""
-    budget = options.target_macs is not None or options.min_agreement is not None or \
-        options.max_accuracy_drop is not None
+    budget = options.target_macs is not None or options.quality_target
     values = recipe(bool(options.calib), budget and options.target_latency is None)
     current = {name: getattr(options.fusion if name in FUSION_FIELDS else options, name) for name in values}
     return {name: values[name] for name, value in current.items() if value == AUTO}

@@ -19,7 +19,7 @@ from ..methods.intra_fusion import FusionOptions
 from ..repair import REPAIRS
 from ..runtime.sessions import DEVICES, resolved_device
 from ..runtime.timing import cpu_channel_block
-from .defaults import AUTO, FUSION_FIELDS, auto_fields
+from .defaults import AUTO, FUSION_FIELDS, auto_fields, auto_help
 
 ALLOCATIONS = ("uniform", "sensitivity")
 REPAIR_MODES = (AUTO, "none")  # besides the registered repairs
@@ -33,9 +33,9 @@ def repair_choices() -> tuple[str, ...]:
 @dataclass(frozen=True)
 class Options:
     sparsity: float = option(0.5, "fraction of channels removed per group")
-    method: str = option("auto", "how each group's map is chosen (auto: fuse with --calib, else prune)",
+    method: str = option("auto", f"how each group's map is chosen ({auto_help('method')})",
                          choices=lambda: (AUTO,) + METHODS.names())
-    importance: str = option("auto", "channel importance criterion (auto: act with --calib, else l1)",
+    importance: str = option("auto", f"channel importance criterion ({auto_help('importance')})",
                              choices=lambda: (AUTO,) + IMPORTANCES.names())
     round_to: int | str = option("auto", "keep a multiple of N channels per group (auto: 8 on CUDA, 1 on the CPU, "
                                  "the CPU's channel block with --target-latency)", metavar="N|auto", type="round_to")

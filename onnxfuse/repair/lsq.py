@@ -10,9 +10,9 @@ A refit must not memorise the calibration set: the samples are split into FOLDS 
 fitted on the others and judged on itself; the ridge strength is the one with the least error on
 held-out folds; a refit that does not beat the consumer's present (pruned or fused) weights on
 every held-out fold is not written (a win on average can be one lucky fold of a thin set); the
-written refit is solved on all samples. Rows: every output position, unless that gives more than ROWS_PER_COLUMN
-rows per fitted column, then that many rows spread over the samples (at least MIN_POSITIONS
-positions per sample).
+written refit is solved on all samples. Rows: every output position, unless that gives more than
+ROWS_PER_COLUMN rows per fitted column, then that many rows spread over the samples (at least
+MIN_POSITIONS positions per sample).
 """
 
 from __future__ import annotations
@@ -91,7 +91,7 @@ class NormalEquations:
 
     def error(self, solution: np.ndarray) -> float:
         """‖Y − X·S‖ / ‖Y‖."""
-        return float(np.sqrt(max(self.squared_error(solution), 0.0) / max(self.yty, 1e-300)))
+        return _relative(self.squared_error(solution), self)
 
     def solve(self, ridge: float) -> np.ndarray:
         return self.solutions((ridge,))[ridge]
