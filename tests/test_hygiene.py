@@ -53,8 +53,10 @@ def places(tmp_path):
 
 def launch(argv, cwd, tmp, **kw) -> subprocess.Popen:
     env = dict(os.environ, TMPDIR=str(tmp))
+    # a shell that started us in the background ignores SIGINT, and children inherit that: restore Ctrl-C
     return subprocess.Popen([sys.executable, "-c", LAUNCH, *map(str, argv)], cwd=cwd, env=env, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kw)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL), **kw)
 
 
 def run(argv, cwd, tmp) -> tuple[int, str, str]:
@@ -233,6 +235,7 @@ def test_concurrent_writers_of_a_model_with_external_data_never_mix(tmp_path):
 
 def test_an_interrupt_between_the_renames_leaves_no_output(tmp_path, monkeypatch):
     """Ctrl-C after the .data file is in place but before the model: the run removes it again."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # a pytest started in the background ignores SIGINT
     source = tmp_path / "external.onnx"
     onnx.save_model(incomplete_inference_model(), str(source), save_as_external_data=True, location="external.data")
     out, real = tmp_path / "out", os.replace
