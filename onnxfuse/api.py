@@ -1,4 +1,4 @@
-"""Public API: compress, inspect, validate, bench, sweep, make_calibration, make_synthetic_calibration."""
+"""Public API: compress, finetune, inspect, validate, bench, sweep, make_calibration, make_synthetic_calibration."""
 
 from __future__ import annotations
 
@@ -29,11 +29,13 @@ from .graph.metrics import count_macs, count_params
 from .graph.shapes import infer_shapes, mac_graph
 from .methods import METHODS
 from .reporting.report import write_report, write_text
-from .reporting.summary import group_rows, summary
+from .reporting.summary import group_rows, summary, train_summary
 from .reporting.sweep import check_out_dir, plot, sweep_row, table
 from .runtime.compare import compare
 from .runtime.sessions import assumed_input_shapes
 from .runtime.timing import compare_speed
+from .training import load_finetune
+from .training.options import TrainOptions
 
 ModelLike = str | os.PathLike | onnx.ModelProto
 
@@ -56,6 +58,24 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
             write_report(report, report_path)
         log.info(summary(report))
     return ctx.model.result, report
+
+
+def finetune(teacher: ModelLike, student: ModelLike, *, train_data: str, device: str = "auto", seed: int = 0,
+             labels_key: str = "labels", preprocess: Preprocess | None = None, quiet: bool = False,
+             **options) -> tuple[onnx.ModelProto, dict]:
+    """Train `student` (a compressed `teacher`: same inputs and outputs) by distillation from `teacher`
+    on the inputs in `train_data`; returns the best validated student and a report (steps, seconds,
+    loss curve, validation before and after). Options: the fields of `training.options.TrainOptions`
+    (train_steps, batch, lr, optimizer, temperature, val_data, checkpoint, resume, ...)."""
+    options = TrainOptions(train_data=train_data, **{k: tuple(v) if k == "logits" else v for k, v in options.items()})
+    options.check()
+    with log.quiet(quiet):
+        run = load_finetune()
+        a, b = load(teacher), load(student)
+        model, report = run(a, b, options, device=device, seed=seed, labels_key=labels_key, preprocess=preprocess,
+                            teacher_source=None if isinstance(teacher, onnx.ModelProto) else str(teacher))
+        log.info(train_summary(report))
+    return model, report
 
 
 def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,

@@ -1,4 +1,4 @@
-"""Command line: onnxfuse compress | inspect | validate | bench | sweep | calib make | calib synth.
+"""Command line: onnxfuse compress | finetune | inspect | validate | bench | sweep | calib make | calib synth.
 
 The arguments of `compress` are generated from the fields of `pipeline.Options` (their flag, help,
 choices, type, metavar and action metadata) and of `FusionOptions`; the
@@ -22,9 +22,10 @@ from .errors import OnnxfuseError
 from .graph.io import check_output_path, save_model
 from .methods.intra_fusion import FusionOptions
 from .pipeline.options import Options
-from .reporting.report import report_paths
+from .reporting.report import report_paths, training_markdown, write_report
 from .reporting.summary import format_groups
 from .runtime.timing import compare_speed, format_bench
+from .training.options import TrainOptions
 from .version import __version__
 
 _OPTION_FIELDS = {f.name: f for f in dataclasses.fields(Options)}
@@ -49,6 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
         return into.add_parser(name, help=help, parents=[common])
 
     _add_compress(command("compress", "compress a model"))
+    _add_finetune(command("finetune", "train a compressed model by distillation from the original"))
     _add_inspect(command("inspect", "list the channel groups"))
     _add_validate(command("validate", "compare two models in ONNX Runtime"))
     _add_bench(command("bench", "latency and throughput of two models in ONNX Runtime"))
@@ -72,10 +74,29 @@ def _add_compress(c: argparse.ArgumentParser) -> None:
                 dests.append(_add_option(c, flag[2:].replace("-", "_"), fusion.default, fusion.metadata))
         elif name == "preprocess":
             _add_preprocess_options(c)
+        elif name == "train":
+            dests += _add_train_options(c.add_argument_group("training after compression (with --train-data)"))
         elif f.metadata.get("cli", True):
             dests.append(_add_option(c, name, f.default, f.metadata))
     c.add_argument("--report", help="write the report as JSON")
     c.set_defaults(option_dests=tuple(dests))
+
+
+def _add_finetune(f: argparse.ArgumentParser) -> None:
+    f.add_argument("teacher", metavar="TEACHER.onnx", help="the original model")
+    f.add_argument("student", metavar="STUDENT.onnx", help="the compressed model to train")
+    f.add_argument("-o", "--output", required=True)
+    dests = _add_train_options(f)
+    for name in ("device", "seed", "labels_key"):
+        _add_shared(f, name)
+    f.add_argument("--report", help="write the report as JSON")
+    _add_preprocess_options(f)
+    f.set_defaults(option_dests=tuple(dests))
+
+
+def _add_train_options(p) -> list[str]:
+    return [_add_option(p, t.name, t.default, t.metadata) for t in dataclasses.fields(TrainOptions)
+            if t.metadata.get("cli", True)]
 
 
 def _add_inspect(i: argparse.ArgumentParser) -> None:
@@ -297,10 +318,36 @@ def _compress(args) -> int:
         raise OnnxfuseError(f"{args.report}: the report (JSON + .md) would overwrite the output model; "
                             "choose another path")
     options = {dest: getattr(args, dest) for dest in args.option_dests}
+    options.update(_checkpoint_default(args))
     model, _ = api.compress(args.input, **options, preprocess=_preprocess(args), report_path=args.report)
     save_model(model, args.output, input_path=args.input)
     print(f"wrote {args.output}", file=sys.stderr)
     return 0
+
+
+def _finetune(args) -> int:
+    outputs = [Path(args.output)] + (list(report_paths(args.report)) if args.report else [])
+    for out in outputs:
+        for source in (args.teacher, args.student, args.train_data, args.val_data):
+            if source:
+                check_output_path(out, source)
+    options = {dest: getattr(args, dest) for dest in args.option_dests}
+    options.update(_checkpoint_default(args))
+    model, report = api.finetune(args.teacher, args.student, **options, device=args.device, seed=args.seed,
+                                 labels_key=args.labels_key, preprocess=_preprocess(args))
+    if args.report:
+        write_report(report, args.report, training_markdown)
+    save_model(model, args.output, input_path=args.student)
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
+def _checkpoint_default(args) -> dict:
+    """A training run on the command line always checkpoints: by default into OUTPUT.ckpt, which a
+    finished run removes."""
+    if not args.train_data or args.checkpoint:
+        return {}
+    return {"checkpoint": f"{args.output}.ckpt", "keep_checkpoint": False}
 
 
 def _inspect(args) -> int:
@@ -369,7 +416,7 @@ def _validation_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _compress, "inspect": _inspect, "validate": _validate, "bench": _bench, "sweep": _sweep,
+COMMANDS = {"compress": _compress, "finetune": _finetune, "inspect": _inspect, "validate": _validate, "bench": _bench, "sweep": _sweep,
             "calib": _calib}
 
 if __name__ == "__main__":

@@ -13,12 +13,14 @@ from onnxfuse.graph.io import check_model, has_external_data, load_model
 from onnxfuse.log import warning
 from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.runtime.sessions import assumed_input_shapes
+from onnxfuse.training import load_finetune
+from onnxfuse.training.data import check_train_data
 
 
 @register_pass
 class Load(Pass):
     """Read the model (path or ModelProto), the calibration data (.npz or image folder, at most
-    calib_samples) and the validation data. Weights stored as external data stay in their files:
+    calib_samples) and the validation data; check the training data. Weights stored as external data stay in their files:
     the graph reads them from there (normalize), one at a time."""
 
     name = "load"
@@ -43,6 +45,9 @@ class Load(Pass):
             calibration.data = load_npz(opts.data, model.original, opts.labels_key)
             if opts.max_accuracy_drop is not None and calibration.data.labels is None:
                 raise OnnxfuseError(f"{opts.data}: max-accuracy-drop needs labels (array {opts.labels_key!r})")
+        if opts.train.train_data:  # before the long work: torch there, the data fits
+            load_finetune()
+            check_train_data(opts.train, model.original, opts.labels_key)
         model.input_shapes = parse_input_shapes(list(opts.input_shape), model.original)
         example = calibration.data or calibration.calib
         if example is not None and has_dynamic_dims(model.original):

@@ -76,8 +76,10 @@ def input_specs(model: onnx.ModelProto) -> list[InputSpec]:
     return specs
 
 
-def load_npz(path: str | Path, model: onnx.ModelProto, labels_key: str = "labels") -> Dataset:
-    """Arrays keyed by input name (a single-input model accepts any one key), optional labels."""
+def load_npz(path: str | Path, model: onnx.ModelProto, labels_key: str = "labels", mmap: bool = False) -> Dataset:
+    """Arrays keyed by input name (a single-input model accepts any one key), optional labels. With
+    `mmap`, arrays stored uncompressed are memory-mapped and every input keeps its stored dtype
+    (checked to cast to the model's; the reader casts each batch), so a file larger than memory works."""
     path = Path(path)
     if not path.is_file():
         raise OnnxfuseError(f"{path}: no such data file")
@@ -87,7 +89,7 @@ def load_npz(path: str | Path, model: onnx.ModelProto, labels_key: str = "labels
             raise OnnxfuseError(f"{path}: a single .npy array, not a .npz archive of named arrays "
                                 "(write one with numpy.savez)")
         with loaded as npz:
-            arrays = {k: npz[k] for k in npz.files}
+            arrays = {k: _mapped(path, npz, k) if mmap else npz[k] for k in npz.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as exc:
         raise OnnxfuseError(f"{path}: not a readable .npz file ({exc})") from None
     labels = arrays.pop(labels_key, None)
@@ -98,13 +100,33 @@ def load_npz(path: str | Path, model: onnx.ModelProto, labels_key: str = "labels
     if missing:
         raise OnnxfuseError(f"{path}: no array for model input(s) {', '.join(missing)} "
                             f"(found {', '.join(sorted(arrays)) or 'none'})")
-    feeds = {s.name: _conform(path, s, arrays[s.name]) for s in specs}
+    for spec in specs:
+        check_array(path, spec, arrays[spec.name])
+    feeds = {s.name: arrays[s.name] if mmap else _conform(arrays[s.name], s.dtype) for s in specs}
     sizes = {len(v) for v in feeds.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise OnnxfuseError(f"{path}: input arrays have different or zero lengths {sorted(sizes)}")
     if labels is not None:
-        labels = _check_labels(path, labels, sizes.pop())
+        labels = check_labels(path, labels, sizes.pop())
     return Dataset(feeds, labels)
+
+
+def _mapped(path: Path, npz, key: str) -> np.ndarray:
+    """Member `key` of an open .npz, memory-mapped when it is stored uncompressed, else read."""
+    info = npz.zip.getinfo(key + ".npy")
+    if info.compress_type != zipfile.ZIP_STORED:
+        return npz[key]
+    with open(path, "rb") as f:
+        f.seek(info.header_offset)
+        local = f.read(30)  # the zip local header: name and extra-field lengths at bytes 26..29
+        f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        version = np.lib.format.read_magic(f)
+        shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
+                                 else np.lib.format.read_array_header_2_0)(f)
+        offset = f.tell()
+    if dtype.hasobject:
+        raise ValueError(f"array {key!r} holds Python objects")
+    return np.memmap(path, dtype, "r", offset, shape, order="F" if fortran else "C")
 
 
 def load_calibration(path: str | os.PathLike, model: onnx.ModelProto, samples: int = 256, seed: int = 0,
@@ -166,7 +188,12 @@ def save_npz(data: Dataset, path: str | os.PathLike, sources: tuple = (), labels
         np.savez(f, **arrays)
 
 
-def _conform(path: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
+def _conform(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
+    return array if array.dtype == dtype else array.astype(dtype)
+
+
+def check_array(path: Path, spec: InputSpec, array: np.ndarray) -> None:
+    """`array` (all samples of input `spec`) fits the model input in rank, static sizes and dtype kind."""
     if array.ndim != len(spec.shape):
         raise OnnxfuseError(f"{path}: array {spec.name!r} has shape {array.shape}, "
                             f"model expects rank {len(spec.shape)} {_fmt(spec.shape)}")
@@ -174,14 +201,12 @@ def _conform(path: Path, spec: InputSpec, array: np.ndarray) -> np.ndarray:
         if isinstance(want, int) and want > 0 and have != want and axis > 0:
             raise OnnxfuseError(f"{path}: array {spec.name!r} has shape {array.shape}, "
                                 f"model expects {_fmt(spec.shape)}")
-    if array.dtype == spec.dtype:
-        return array
-    if not np.can_cast(array.dtype, spec.dtype, casting="same_kind") or array.dtype.kind not in "biuf":
+    if array.dtype != spec.dtype and (not np.can_cast(array.dtype, spec.dtype, casting="same_kind")
+                                      or array.dtype.kind not in "biuf"):
         raise OnnxfuseError(f"{path}: array {spec.name!r} has dtype {array.dtype}, model expects {spec.dtype}")
-    return array.astype(spec.dtype)
 
 
-def _check_labels(path: Path, labels: np.ndarray, n: int) -> np.ndarray:
+def check_labels(path: Path, labels: np.ndarray, n: int) -> np.ndarray:
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != n:
         raise OnnxfuseError(f"{path}: labels must be {n} integers, got shape {labels.shape} {labels.dtype}")
     return labels.astype(np.int64)

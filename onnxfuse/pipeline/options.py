@@ -19,6 +19,7 @@ from ..methods.intra_fusion import FusionOptions
 from ..repair import REPAIRS
 from ..runtime.sessions import DEVICES, resolved_device
 from ..runtime.timing import cpu_channel_block
+from ..training.options import TrainOptions
 from .defaults import AUTO, FUSION_FIELDS, auto_fields, auto_help
 
 ALLOCATIONS = ("uniform", "sensitivity")
@@ -76,15 +77,19 @@ class Options:
     fusion: FusionOptions = option(FusionOptions, "", cli=False)  # flattened into --normalization, --ot-*
     repair: str = option("auto", "repair with the calibration data (auto: lsq with --calib, else none)",
                          choices=repair_choices)
+    train: TrainOptions = option(TrainOptions, "", cli=False)  # flattened: --train-data, --train-steps, ...
 
     @classmethod
     def from_flat(cls, **options) -> Options:
-        """Options from flat keyword arguments: the fields of Options, and the fusion options as
-        `normalization` and `ot_p`, `ot_solver`, `ot_reg`, `ot_marginals`, `ot_features`."""
+        """Options from flat keyword arguments: the fields of Options, the fusion options as
+        `normalization` and `ot_p`, `ot_solver`, `ot_reg`, `ot_marginals`, `ot_features`, and the
+        fields of TrainOptions (`train_data`, `train_steps`, ...)."""
         fusion = {}
         for key in [k for k in options if k == "normalization" or k.startswith("ot_")]:
             fusion[key.removeprefix("ot_")] = options.pop(key)
-        known = {f.name for f in dataclasses.fields(cls)} - {"fusion"}
+        train_fields = {f.name for f in dataclasses.fields(TrainOptions)}
+        train = {k: options.pop(k) for k in [k for k in options if k in train_fields]}
+        known = {f.name for f in dataclasses.fields(cls)} - {"fusion", "train"}
         known_fusion = {f.name for f in dataclasses.fields(FusionOptions)}
         unknown = sorted(set(options) - known) + sorted(set(fusion) - known_fusion)
         if unknown:
@@ -92,9 +97,11 @@ class Options:
         for key in ("ignore", "input_shape"):
             if key in options:
                 options[key] = tuple(options[key])
+        if "logits" in train:
+            train["logits"] = tuple(train["logits"])
         if options.get("preprocess", ...) is None:
             del options["preprocess"]
-        return cls(fusion=FusionOptions(**fusion), **options)
+        return cls(fusion=FusionOptions(**fusion), train=TrainOptions(**train), **options)
 
     def check(self) -> None:
         self.with_defaults()._check()
@@ -119,6 +126,7 @@ class Options:
                 raise OnnxfuseError(f"{name} must be a positive integer, got {value}")
         self.preprocess.check()
         self.fusion.check()
+        self.train.check()
         if self.allocate not in ALLOCATIONS:
             raise OnnxfuseError(f"unknown allocation {self.allocate!r}; choose from {', '.join(ALLOCATIONS)}")
         budget = self.target_macs is not None or self.quality_target

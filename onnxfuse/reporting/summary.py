@@ -54,6 +54,8 @@ def summary(report: dict) -> str:
         lines.append("defaults (auto): " + ", ".join(f"{k} {v}" for k, v in report["defaults"].items())
                      + " (docs/defaults.md)")
     lines += _repair_lines(report)
+    if report.get("train", {}).get("steps") is not None:
+        lines.append(train_summary(report["train"]))
     val = report.get("validation")
     if val:
         line = f"validation on {val['samples']} samples of {val['data']} ({val['provider']}):"
@@ -68,6 +70,18 @@ def summary(report: dict) -> str:
         lines.append(line)
     lines += _alignment_hint(report)
     return "\n".join(lines)
+
+
+def train_summary(train: dict) -> str:
+    """One line: steps, time, loss from first to last stretch, the validation score before and after."""
+    curve = train["loss_curve"]
+    loss = f", loss {curve[0][1]:.4g} -> {curve[-1][1]:.4g}" if curve else ""
+    per_step = f" ({1000 * train['seconds_per_step']:.0f} ms/step)" if train["seconds_per_step"] else ""
+    teacher = f" (teacher {100 * train['teacher_score']:.2f}%)" if train.get("teacher_score") is not None else ""
+    score = (lambda v: f"{100 * v:.2f}%") if train["metric"] != "negative relative error" else (lambda v: f"{v:.4g}")
+    return (f"train: {train['steps']} steps at batch {train['batch']} on {train['device']} in {train['seconds']:.0f} s"
+            f"{per_step}{loss}; held-out {train['metric']} {score(train['score_before'])} -> "
+            f"{score(train['score_after'])}{teacher}, best step {train['best_step']}")
 
 
 def _alignment_hint(report: dict) -> list[str]:

@@ -1,14 +1,16 @@
 """The training stage (extra `train`): the only package that imports torch, and only in its modules,
-never here. `view.TorchView` runs an ONNX graph with torch ops (op table: ops.py, nn_ops.py) and
-`view.write_back` puts trained weights back into the same graph. Not yet: distillation, the
-`finetune` command, and the training-time methods (TPP, structured directional pruning, iterative
-pruning), which will register with `register_training_method`.
+never here. `view.TorchView` runs an ONNX graph with torch ops (op table: ops.py, nn_ops.py),
+`view.write_back` puts trained weights back into the same graph, `finetune.finetune` distils a
+student from its teacher (distill.py: loss and loop; data.py: inputs and augmentation;
+checkpoints.py; validation.py). Not yet: the training-time methods (TPP, structured directional
+pruning, iterative pruning), which will register with `register_training_method`.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+from ..errors import OnnxfuseError
 from ..registry import Registry
 
 TRAINING_METHODS: Registry[Callable] = Registry("training method")
@@ -17,3 +19,14 @@ TRAINING_METHODS: Registry[Callable] = Registry("training method")
 def register_training_method(name: str, replace: bool = False):
     """Decorator: register a training-time method under `name`."""
     return TRAINING_METHODS.register(name, replace)
+
+
+def load_finetune() -> Callable:
+    """`finetune.finetune`, imported on demand; one error line when torch is missing."""
+    try:
+        from .finetune import finetune
+    except ModuleNotFoundError as exc:
+        if exc.name != "torch":
+            raise
+        raise OnnxfuseError("training needs torch: pip install 'onnxfuse[train]'") from None
+    return finetune

@@ -1,0 +1,23 @@
+from onnxfuse.pipeline.contract import Pass, register_pass
+from onnxfuse.training import load_finetune
+
+
+@register_pass
+class Train(Pass):
+    """With --train-data: train the emitted model by distillation from the original (onnxfuse/training)."""
+
+    name = "train"
+    requires = ("model.original", "model.result")
+
+    def run(self, ctx):
+        opts, model = ctx.options, ctx.model
+        if not opts.train.train_data:
+            return
+        if not model.analysis.prunable:
+            ctx.report["train"] = {"skipped": "nothing was compressed"}
+            return
+        finetune = load_finetune()
+        model.result, ctx.report["train"] = finetune(
+            model.original, model.result, opts.train, device=opts.device, seed=opts.seed, labels_key=opts.labels_key,
+            preprocess=opts.preprocess, teacher_source=model.original_path)
+
