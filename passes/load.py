@@ -20,8 +20,8 @@ from onnxfuse.training.data import check_train_data
 @register_pass
 class Load(Pass):
     """Read the model (path or ModelProto), the calibration data (.npz or image folder, at most
-    calib_samples) and the validation data; check the training data. Weights stored as external data stay in their files:
-    the graph reads them from there (normalize), one at a time."""
+    calib_samples) and the validation data; check the training data. Weights stored as external
+    data stay in their files: the graph reads them from there (normalize), one at a time."""
 
     name = "load"
     requires = ("model.source",)

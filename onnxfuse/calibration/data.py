@@ -119,7 +119,8 @@ def _mapped(path: Path, npz, key: str) -> np.ndarray:
     with open(path, "rb") as f:
         f.seek(info.header_offset)
         local = f.read(30)  # the zip local header: name and extra-field lengths at bytes 26..29
-        f.seek(info.header_offset + 30 + int.from_bytes(local[26:28], "little") + int.from_bytes(local[28:30], "little"))
+        name_length, extra_length = (int.from_bytes(local[i: i + 2], "little") for i in (26, 28))
+        f.seek(info.header_offset + 30 + name_length + extra_length)
         version = np.lib.format.read_magic(f)
         shape, fortran, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0)
                                  else np.lib.format.read_array_header_2_0)(f)

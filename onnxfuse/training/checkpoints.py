@@ -5,6 +5,7 @@ continues a different run. Checkpoints are not outputs: Ctrl-C keeps them."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import os
@@ -73,7 +74,5 @@ class Store:
     def remove(self) -> None:
         with interrupts_held():
             self.path.unlink(missing_ok=True)
-            try:
+            with contextlib.suppress(OSError):  # the user keeps other files there
                 self.folder.rmdir()
-            except OSError:  # the user keeps other files there
-                pass
