@@ -179,7 +179,8 @@ def run_tp(arch: str, target: float, steps: int, work: Path) -> dict:
         with torch.no_grad():
             return float((net(torch.from_numpy(val.feeds["input"])).argmax(1) == reference).float().mean())
 
-    best_score, best_step, best_state, seconds = agreement(), 0, {k: v.clone() for k, v in net.state_dict().items()}, 0.0
+    best_score, best_step, seconds = agreement(), 0, 0.0
+    best_state = {k: v.clone() for k, v in net.state_dict().items()}
     for step in range(steps):
         begin = time.perf_counter()
         torch.manual_seed(SEED * 1_000_003 + step)
