@@ -57,9 +57,8 @@ class Store:
                 Path(tmp).unlink(missing_ok=True)
             raise
 
-    def load(self, view, optimizer):
-        from .distill import State
-
+    def load(self, view, optimizer) -> dict:
+        """Restore the parameters and the optimizer; returns the rest of the saved state."""
         try:
             payload = torch.load(self.path, map_location=next(view.parameters()).device, weights_only=True)
         except Exception as exc:  # torch raises many kinds on a damaged file
@@ -69,7 +68,7 @@ class Store:
                                 "remove it to start afresh")
         view.load_state_dict(payload["view"])
         optimizer.load_state_dict(payload["optimizer"])
-        return State(**payload["state"])
+        return payload["state"]
 
     def remove(self) -> None:
         with interrupts_held():

@@ -147,7 +147,7 @@ class Trainer:
     def run(self) -> State:
         opts = self.options
         if self.store and opts.resume:
-            self.state = self.store.load(self.view, self.optimizer)
+            self.state = State(**self.store.load(self.view, self.optimizer))
             info(f"resumed at step {self.state.step} of {opts.train_steps} from {self.store.folder}")
         if not self.state.validation:
             self._validate()

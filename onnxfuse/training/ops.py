@@ -203,8 +203,14 @@ def prelu(node, inputs, attrs):
 
 @register_torch_op("Clip")
 def clip(node, inputs, attrs):
+    """Bounds come as attributes before opset 11, and then as inputs; constant scalar bounds the view
+    passes as attributes too (view.py: `_scalar_bounds`), since hardtanh's backward is a fraction of
+    the cost of clamp's with tensor bounds (ReLU6 networks)."""
     x = inputs[0]
-    low, high = (attrs.get("min"), attrs.get("max")) if node.opset < 11 else (opt(inputs, 1), opt(inputs, 2))
+    low = attrs["min"] if "min" in attrs else opt(inputs, 1) if node.opset >= 11 else None
+    high = attrs["max"] if "max" in attrs else opt(inputs, 2) if node.opset >= 11 else None
+    if isinstance(low, float) and isinstance(high, float):
+        return F.hardtanh(x, low, high)
     return x if low is None and high is None else torch.clamp(x, low, high)
 
 

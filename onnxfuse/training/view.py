@@ -72,6 +72,8 @@ class TorchView(nn.Module):
         known = set(self.param_keys) | set(self.buffer_keys)
         self.input_names = [i.name for i in graph.input if i.name not in known]
         self.output_names = [o.name for o in graph.output]
+        scalars = self._fixed_scalars()
+        nodes = [_scalar_bounds(node, scalars) for node in nodes]
         self._steps = _compile(nodes, opsets, self._mode, set(self.input_names) | known, self.output_names)
 
     # ------------------------------------------------------------------ parameters
@@ -84,6 +86,11 @@ class TorchView(nn.Module):
     def onnx_parameters(self):
         """(ONNX name, Parameter) pairs, in graph order."""
         return ((name, self.weights[key]) for name, key in self.param_keys.items())
+
+    def _fixed_scalars(self) -> dict[str, float]:
+        """One-element float constants that are not trained (bounds, statistics), by ONNX name."""
+        return {name: float(self.weights[key]) for name, key in self.param_keys.items()
+                if not self.weights[key].requires_grad and self.weights[key].numel() == 1}
 
     def _add_constant(self, name: str, array: np.ndarray, dtype: int, roles: dict) -> None:
         value = _to_torch(array, dtype)
@@ -152,6 +159,21 @@ def _compile(nodes, opsets: dict, mode: Mode, available: set[str], outputs: list
         available.update(n for n in node.output if n)
         steps.append([entry.fn, info, attrs, tuple(node.input), tuple(node.output)])
     return tuple(_Step(*s, frees) for s, frees in zip(steps, _last_uses(steps, set(outputs))))
+
+
+def _scalar_bounds(node: onnx.NodeProto, scalars: dict[str, float]) -> onnx.NodeProto:
+    """A Clip (opset 11 and later) whose bounds are fixed scalars, with the bounds as float
+    attributes instead of inputs; other nodes unchanged. The graph itself is not changed."""
+    if node.op_type != "Clip" or node.domain not in ("", "ai.onnx") or \
+            not all(name in scalars for name in node.input[1:3] if name):
+        return node
+    copy = onnx.NodeProto()
+    copy.CopyFrom(node)
+    for index, attribute in ((1, "min"), (2, "max")):
+        if len(node.input) > index and node.input[index]:
+            copy.attribute.append(onnx.helper.make_attribute(attribute, scalars[node.input[index]]))
+    del copy.input[1:]
+    return copy
 
 
 def _last_uses(steps: list, keep: set[str]) -> list[tuple[str, ...]]:
