@@ -4,7 +4,9 @@
 
 models/data/fmnist_calib512.npz : 512 images from the train split (seeded random choice)
 models/data/fmnist_eval2000.npz : 2000 images from the test split, 200 per class
-Keys: `input` uint8 (N,1,28,28), `labels` int64 (N,).
+models/data/fmnist_train2000.npz: 2000 other images from the train split, no labels (training inputs
+                                  for the finetune example, disjoint from the calibration sample)
+Keys: `input` uint8 (N,1,28,28), `labels` int64 (N,) (not in the train sample).
 """
 from __future__ import annotations
 
@@ -29,6 +31,12 @@ def make_eval(x, y, per_class=200, seed=1):
     return x[idx], y[idx], idx
 
 
+def make_train(n_total, exclude, n=2000, seed=2):
+    rng = np.random.default_rng(seed)
+    pool = np.setdiff1d(np.arange(n_total), exclude)
+    return np.sort(rng.choice(pool, size=n, replace=False))
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--seed", type=int, default=0)
@@ -37,6 +45,8 @@ def main(argv=None):
     xtr, ytr = fmnist.load_train_split()
     xc, yc, ic = make_calib(xtr, ytr, 512, seed=args.seed)
     np.savez_compressed(fmnist.CALIB_FILE, input=xc.astype(np.uint8), labels=yc.astype(np.int64))
+    it = make_train(len(xtr), ic, 2000, seed=args.seed + 2)
+    np.savez_compressed(fmnist.DATA_DIR / "fmnist_train2000.npz", input=xtr[it].astype(np.uint8))
     xte, yte = fmnist.load_test_split()
     xe, ye, ie = make_eval(xte, yte, 200, seed=args.seed + 1)
     np.savez_compressed(fmnist.EVAL_FILE, input=xe.astype(np.uint8), labels=ye.astype(np.int64))

@@ -1,3 +1,6 @@
+from pathlib import Path
+
+from onnxfuse.log import warning
 from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.training import load_finetune
 
@@ -16,6 +19,10 @@ class Train(Pass):
         if not model.analysis.prunable:
             ctx.report["train"] = {"skipped": "nothing was compressed"}
             return
+        same = opts.calib and Path(opts.train.train_data).resolve() == Path(opts.calib).resolve()
+        if same and not opts.train.val_data:
+            warning("warning: the held-out slice of --train-data holds calibration samples the repair was fit on, "
+                    "which favours the untrained start; give --val-data held out from both")
         finetune = load_finetune()
         model.result, ctx.report["train"] = finetune(
             model.original, model.result, opts.train, device=opts.device, seed=opts.seed, labels_key=opts.labels_key,
