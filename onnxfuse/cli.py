@@ -25,6 +25,7 @@ from .pipeline.options import Options
 from .reporting.report import report_paths, training_markdown, write_report
 from .reporting.summary import format_groups
 from .runtime.timing import compare_speed, format_bench
+from .training import remove_checkpoints
 from .training.options import TrainOptions
 from .version import __version__
 
@@ -318,10 +319,10 @@ def _compress(args) -> int:
         raise OnnxfuseError(f"{args.report}: the report (JSON + .md) would overwrite the output model; "
                             "choose another path")
     options = {dest: getattr(args, dest) for dest in args.option_dests}
-    options.update(_checkpoint_default(args))
+    options["checkpoint"] = default_folder = _checkpoint_folder(args)
     model, _ = api.compress(args.input, **options, preprocess=_preprocess(args), report_path=args.report)
     save_model(model, args.output, input_path=args.input)
-    print(f"wrote {args.output}", file=sys.stderr)
+    _finished(args, default_folder)
     return 0
 
 
@@ -332,22 +333,26 @@ def _finetune(args) -> int:
             if source:
                 check_output_path(out, source)
     options = {dest: getattr(args, dest) for dest in args.option_dests}
-    options.update(_checkpoint_default(args))
+    options["checkpoint"] = default_folder = _checkpoint_folder(args)
     model, report = api.finetune(args.teacher, args.student, **options, device=args.device, seed=args.seed,
                                  labels_key=args.labels_key, preprocess=_preprocess(args))
     if args.report:
         write_report(report, args.report, training_markdown)
     save_model(model, args.output, input_path=args.student)
-    print(f"wrote {args.output}", file=sys.stderr)
+    _finished(args, default_folder)
     return 0
 
 
-def _checkpoint_default(args) -> dict:
-    """A training run on the command line always checkpoints: by default into OUTPUT.ckpt, which a
-    finished run removes."""
-    if not args.train_data or args.checkpoint:
-        return {}
-    return {"checkpoint": f"{args.output}.ckpt", "keep_checkpoint": False}
+def _checkpoint_folder(args) -> str | None:
+    """A training run on the command line always checkpoints: into --checkpoint, else OUTPUT.ckpt."""
+    return args.checkpoint or (f"{args.output}.ckpt" if args.train_data else None)
+
+
+def _finished(args, checkpoints: str | None) -> None:
+    """The output is written: the default checkpoint folder has done its job (one the user named stays)."""
+    if checkpoints and not args.checkpoint:
+        remove_checkpoints(checkpoints)
+    print(f"wrote {args.output}", file=sys.stderr)
 
 
 def _inspect(args) -> int:

@@ -90,12 +90,12 @@ def test_resume_equals_an_uninterrupted_run(student_file, tmp_path, monkeypatch)
     monkeypatch.setattr(distill.Trainer, "_step", interrupted)
     with pytest.raises(KeyboardInterrupt):
         onnxfuse.finetune(str(TEACHER), str(student_file / "student.onnx"), checkpoint=str(tmp_path / "b"), **args)
-    kept = torch.load(tmp_path / "b" / "checkpoint.pt", weights_only=True)
+    kept = torch.load(tmp_path / "b" / "train.pt", weights_only=True)
     assert kept["state"]["step"] == 3
     monkeypatch.setattr(distill.Trainer, "_step", original_step)
     resumed, report_b = onnxfuse.finetune(str(TEACHER), str(student_file / "student.onnx"),
                                           checkpoint=str(tmp_path / "b"), resume=True, **args)
-    a, b = (torch.load(tmp_path / x / "checkpoint.pt", weights_only=True) for x in "ab")
+    a, b = (torch.load(tmp_path / x / "train.pt", weights_only=True) for x in "ab")
     assert a["state"]["losses"] == b["state"]["losses"] and len(a["state"]["losses"]) == 6
     for name, tensor in a["view"].items():
         assert torch.equal(tensor, b["view"][name]), name
@@ -139,14 +139,14 @@ def test_ctrl_c_keeps_the_checkpoint_writes_no_model_and_resume_continues(studen
     proc = launch(argv, work, tmp)
     assert proc.stdout.readline().strip() == "ready"
     deadline = time.time() + 90
-    while not (work / "out.onnx.ckpt" / "checkpoint.pt").exists() and time.time() < deadline:
+    while not (work / "out.onnx.ckpt" / "train.pt").exists() and time.time() < deadline:
         time.sleep(0.2)
     proc.send_signal(signal.SIGINT)
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 130, err
     assert "checkpoint kept" in err and err.strip().splitlines()[-1] == "error: interrupted"
     assert sorted(p.name for p in work.iterdir()) == ["out.onnx.ckpt"]
-    step = torch.load(work / "out.onnx.ckpt" / "checkpoint.pt", weights_only=True)["state"]["step"]
+    step = torch.load(work / "out.onnx.ckpt" / "train.pt", weights_only=True)["state"]["step"]
     assert step >= 1
     resumed = launch([*argv, "--resume"], work, tmp)
     assert resumed.stdout.readline().strip() == "ready"

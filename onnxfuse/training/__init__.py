@@ -8,10 +8,14 @@ pruning, iterative pruning), which will register with `register_training_method`
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import Callable
+from pathlib import Path
 
 from ..errors import OnnxfuseError
 from ..registry import Registry
+from ..scratch import interrupts_held
 
 TRAINING_METHODS: Registry[Callable] = Registry("training method")
 
@@ -19,6 +23,16 @@ TRAINING_METHODS: Registry[Callable] = Registry("training method")
 def register_training_method(name: str, replace: bool = False):
     """Decorator: register a training-time method under `name`."""
     return TRAINING_METHODS.register(name, replace)
+
+
+def remove_checkpoints(folder: str | os.PathLike) -> None:
+    """The checkpoints of a finished run, and their folder unless the user keeps other files there."""
+    folder = Path(folder)
+    with interrupts_held():
+        for path in folder.glob("*.pt"):
+            path.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            folder.rmdir()
 
 
 def load_finetune() -> Callable:

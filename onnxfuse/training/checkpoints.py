@@ -1,11 +1,12 @@
-"""Checkpoints of a training run: one file in the checkpoint folder, replaced atomically, holding the
+"""Checkpoints of a training run: one file per training phase in the checkpoint folder (`train.pt`,
+and e.g. `tpp.pt` for a method that trains before the compression), replaced atomically, holding the
 parameters, the optimizer, the loss curve, the validations and the best weights so far. A checkpoint
 carries the digest of what defines its run (teacher, student, data, options), so `--resume` never
-continues a different run. Checkpoints are not outputs: Ctrl-C keeps them."""
+continues a different run. Checkpoints are not outputs: Ctrl-C keeps them; the run that created the
+folder removes it when it has finished (training/__init__.py: `remove_checkpoints`)."""
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import os
@@ -17,7 +18,6 @@ import torch
 from ..errors import OnnxfuseError
 from ..scratch import interrupts_held
 
-FILE = "checkpoint.pt"
 FORMAT = 1
 
 
@@ -30,12 +30,12 @@ def run_key(*parts: bytes | str) -> str:
 
 
 class Store:
-    def __init__(self, folder: str | os.PathLike, key: str, resume: bool):
+    def __init__(self, folder: str | os.PathLike, key: str, resume: bool, phase: str = "train"):
         self.folder, self.key = Path(folder), key
-        self.path = self.folder / FILE
+        self.path = self.folder / f"{phase}.pt"
         if self.folder.exists() and not self.folder.is_dir():
             raise OnnxfuseError(f"{self.folder}: the checkpoint folder is a file")
-        if resume and not self.path.is_file():
+        if resume and not any(self.folder.glob("*.pt")):
             raise OnnxfuseError(f"{self.folder}: no checkpoint to resume from")
         if not resume and self.path.is_file():
             raise OnnxfuseError(f"{self.folder} holds the checkpoint of an earlier run: add --resume to continue it, "
@@ -46,7 +46,7 @@ class Store:
         payload = {"format": FORMAT, "key": self.key, "view": view.state_dict(), "optimizer": optimizer.state_dict(),
                    "state": dataclasses.asdict(state)}
         with interrupts_held():
-            fd, tmp = tempfile.mkstemp(prefix=f".{FILE}.", suffix=".tmp", dir=self.folder)
+            fd, tmp = tempfile.mkstemp(prefix=f".{self.path.name}.", suffix=".tmp", dir=self.folder)
             os.close(fd)
         try:
             torch.save(payload, tmp)
@@ -70,8 +70,6 @@ class Store:
         optimizer.load_state_dict(payload["optimizer"])
         return payload["state"]
 
-    def remove(self) -> None:
-        with interrupts_held():
-            self.path.unlink(missing_ok=True)
-            with contextlib.suppress(OSError):  # the user keeps other files there
-                self.folder.rmdir()
+    @property
+    def saved(self) -> bool:
+        return self.path.is_file()

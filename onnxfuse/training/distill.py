@@ -119,6 +119,27 @@ class Teacher:
             return list(self.view(**{k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()}))
 
 
+class Hooks:
+    """What a training-time method adds to the loop (registry `training methods`): a regulariser
+    added to the loss, a change of the gradients before the optimizer step (after clipping), a
+    change of the parameters after it, its own learning rate. `keep_best` False: the last step is
+    the result (the method's schedule must finish), not the best validated one."""
+
+    keep_best = True
+
+    def loss(self, step: int) -> torch.Tensor | None:
+        return None
+
+    def before_step(self, step: int) -> None:
+        pass
+
+    def after_step(self, step: int) -> None:
+        pass
+
+    def learning_rate(self, step: int) -> float | None:
+        return None
+
+
 @dataclass
 class State:
     """What a checkpoint holds besides the parameters and the optimizer."""
@@ -136,9 +157,10 @@ class State:
 class Trainer:
     def __init__(self, view: TorchView, student: onnx.ModelProto, teacher: Teacher, train: TrainSet,
                  scorer: Scorer, options: TrainOptions, seed: int, layout: ImageLayout | None,
-                 store: checkpoints.Store | None):
+                 store: checkpoints.Store | None, hooks: Hooks | None = None):
         self.view, self.student, self.teacher, self.train, self.scorer = view, student, teacher, train, scorer
         self.options, self.seed, self.layout, self.store = options, seed, layout, store
+        self.hooks = hooks or Hooks()
         self.outputs = Outputs.detect(student, options.logits)
         self.optimizer = optimizer_for(view, options)
         self.state = State()
@@ -146,9 +168,9 @@ class Trainer:
 
     def run(self) -> State:
         opts = self.options
-        if self.store and opts.resume:
+        if self.store and opts.resume and self.store.saved:
             self.state = State(**self.store.load(self.view, self.optimizer))
-            info(f"resumed at step {self.state.step} of {opts.train_steps} from {self.store.folder}")
+            info(f"resumed at step {self.state.step} of {opts.train_steps} from {self.store.path}")
         if not self.state.validation:
             self._validate()
         bar = progress(total=opts.train_steps, desc="train")
@@ -185,16 +207,22 @@ class Trainer:
         student = self.view(**{k: torch.from_numpy(v).to(self.device) for k, v in feeds.items()})
         target = None if labels is None else torch.from_numpy(labels).to(self.device)
         loss = loss_of(student, teacher, self.outputs, opts.temperature, target)
+        extra = self.hooks.loss(state.step)
+        loss = loss if extra is None else loss + extra
         value = float(loss.detach())
         self._guard(value)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opts.clip_grad:
             torch.nn.utils.clip_grad_norm_([p for p in self.view.parameters() if p.requires_grad], opts.clip_grad)
+        self.hooks.before_step(state.step)
+        lr = self.hooks.learning_rate(state.step)
         for group in self.optimizer.param_groups:
-            group["lr"] = learning_rate(state.step, opts)
+            group["lr"] = learning_rate(state.step, opts) if lr is None else lr
         with interrupts_held():  # a step is applied whole or not at all
             self.optimizer.step()
+            with torch.no_grad():
+                self.hooks.after_step(state.step)
             state.losses.append(value)
             state.step += 1
             state.seconds += time.perf_counter() - start
@@ -215,6 +243,6 @@ class Trainer:
         self.view.eval()
         score = self.scorer.score(write_back(self.view, self.student))
         state.validation.append({"step": state.step, "score": score})
-        if score > state.best_score:
+        if score > state.best_score or not self.hooks.keep_best:
             state.best_score, state.best_step = score, state.step
             state.best_weights = {k: v.detach().clone() for k, v in self.view.state_dict().items()}

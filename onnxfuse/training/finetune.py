@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+from collections.abc import Callable
 
 import numpy as np
 import onnx
@@ -16,20 +17,22 @@ from ..errors import OnnxfuseError
 from ..log import info, warning
 from . import checkpoints
 from .data import check_same_interface, image_layout, load_train_data, split
-from .distill import Teacher, Trainer
+from .distill import Hooks, Teacher, Trainer
 from .options import TrainOptions
 from .validation import Scorer
 from .view import TorchView, write_back
 
 CURVE_POINTS = 200  # the report's loss curve: means over at most this many stretches of steps
-NOT_IN_THE_RUN_KEY = ("checkpoint", "checkpoint_every", "resume", "keep_checkpoint")
+NOT_IN_THE_RUN_KEY = ("checkpoint", "checkpoint_every", "resume")
 
 
 def finetune(teacher: onnx.ModelProto, student: onnx.ModelProto, options: TrainOptions, *, device: str = "auto",
              seed: int = 0, labels_key: str = "labels", preprocess: Preprocess | None = None,
-             teacher_source: str | None = None) -> tuple[onnx.ModelProto, dict]:
+             teacher_source: str | None = None, hooks: Callable[[TorchView], Hooks] | None = None,
+             phase: str = "train") -> tuple[onnx.ModelProto, dict]:
     """The trained student and a report. `teacher_source`: the teacher's file, for ONNX Runtime to
-    read with its external data."""
+    read with its external data. `hooks(view)`: a training-time method's additions to the loop;
+    `phase` names its checkpoint file."""
     options.check()
     if not options.train_data:
         raise OnnxfuseError("training needs --train-data")
@@ -43,22 +46,20 @@ def finetune(teacher: onnx.ModelProto, student: onnx.ModelProto, options: TrainO
     view = TorchView(student, bn=options.bn).to(torch_device)
     store = None
     if options.checkpoint:
-        key = checkpoints.run_key(_digest(teacher), _digest(student), _data_digest(data), str(seed),
+        key = checkpoints.run_key(phase, _digest(teacher), _digest(student), _data_digest(data), str(seed),
                                   repr({k: v for k, v in dataclasses.asdict(options).items()
                                         if k not in NOT_IN_THE_RUN_KEY}))
-        store = checkpoints.Store(options.checkpoint, key, options.resume)
+        store = checkpoints.Store(options.checkpoint, key, options.resume, phase)
     ort_device = "cuda" if torch_device.type == "cuda" else "cpu"
     scorer = Scorer(teacher_source or teacher, teacher, val, ort_device)
     trainer = Trainer(view, student, Teacher(teacher_source or teacher, torch_device), train, scorer, options, seed,
-                      layout, store)
-    info(f"train: {options.train_steps} steps at batch {options.batch} on {len(train)} samples "
+                      layout, store, hooks(view) if hooks else None)
+    info(f"{phase}: {options.train_steps} steps at batch {options.batch} on {len(train)} samples "
          f"({torch_device.type}{', augmented' if layout else ''}); {scorer.metric} on {len(val)} held-out samples "
          f"every {options.val_every} steps")
     state = trainer.run()
     view.load_state_dict(state.best_weights)
     result = write_back(view, student)
-    if store and not options.keep_checkpoint:
-        store.remove()
     return result, _report(state, scorer, options, len(train), torch_device)
 
 

@@ -46,7 +46,6 @@ class TrainOptions:
     checkpoint_every: int = option(250, "write a checkpoint every N steps (and on Ctrl-C)", type="positive_int",
                                    metavar="N")
     resume: bool = option(False, "continue from the checkpoint", action="store_true")
-    keep_checkpoint: bool = option(True, "", cli=False)  # False: a finished run removes it (the CLI's default)
 
     @property
     def peak_lr(self) -> float:
