@@ -1,3 +1,4 @@
+import dataclasses
 from pathlib import Path
 
 from onnxfuse.log import warning
@@ -7,7 +8,8 @@ from onnxfuse.training import load_finetune
 
 @register_pass
 class Train(Pass):
-    """With --train-data: train the emitted model by distillation from the original (onnxfuse/training)."""
+    """With --train-data: train the emitted model by distillation from the original (onnxfuse/training),
+    for the steps a method's own training (tpp) left."""
 
     name = "train"
     requires = ("model.original", "model.result")
@@ -23,8 +25,11 @@ class Train(Pass):
         if same and not opts.train.val_data:
             warning("warning: the held-out slice of --train-data holds calibration samples the repair was fit on, "
                     "which favours the untrained start; give --val-data held out from both")
+        steps = opts.train.train_steps - ctx.trained_steps
+        if steps < 1:
+            return
         finetune = load_finetune()
         model.result, ctx.report["train"] = finetune(
-            model.original, model.result, opts.train, device=opts.device, seed=opts.seed, labels_key=opts.labels_key,
-            preprocess=opts.preprocess, teacher_source=model.original_path)
+            model.original, model.result, dataclasses.replace(opts.train, train_steps=steps), device=opts.device,
+            seed=opts.seed, labels_key=opts.labels_key, preprocess=opts.preprocess, teacher_source=model.original_path)
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+from onnx import numpy_helper
 from onnx.external_data_helper import load_external_data_for_tensor
 from onnx_graphsurgeon.importers.onnx_importer import get_itemsize, get_onnx_tensor_dtype, get_onnx_tensor_shape
 from onnx_graphsurgeon.ir.tensor import LazyValues
@@ -181,3 +182,19 @@ def _stub(tensor: gs.Constant) -> onnx.TensorProto:
                             data_location=onnx.TensorProto.EXTERNAL)
     stub.external_data.add(key="location", value="skeleton-without-data")
     return stub
+
+
+def update_constants(graph: gs.Graph, model: onnx.ModelProto) -> None:
+    """Give the graph's constants the values of `model`'s initializers and Constant nodes of the same
+    names (a copy of the graph whose weights changed, e.g. by training)."""
+    tensors = graph.tensors()
+    values = {t.name: t for t in model.graph.initializer}
+    values.update({n.output[0]: n.attribute[0].t for n in model.graph.node
+                   if n.op_type == "Constant" and len(n.attribute) == 1 and n.attribute[0].name == "value"})
+    for name, proto in values.items():
+        tensor = tensors.get(name)
+        if isinstance(tensor, gs.Constant):
+            tensor.values = numpy_helper.to_array(proto)
+        elif tensor is not None and tensor.inputs and tensor.inputs[0].op == "Constant" and \
+                isinstance(tensor.inputs[0].attrs.get("value"), gs.Constant):
+            tensor.inputs[0].attrs["value"].values = numpy_helper.to_array(proto)

@@ -1,6 +1,8 @@
 """The pipeline: options, the typed Context, the pass contract, the pass list and its runner.
 
-    load ─► normalize ─► analyze ─► capture ─► score ─► plan ─► fuse ─► repair ─► emit ─► validate
+    load ─► normalize ─► analyze ─► capture ─► score ─► plan ─► fuse ─► repair ─► emit ─► train ─► validate
+
+(a method may insert passes: tpp trains after plan)
 """
 
 from .build import FLOW, passes

@@ -65,6 +65,7 @@ class Context:
     decisions: Decisions = field(default_factory=Decisions)
     report: dict = field(default_factory=dict)
     probes: Any = None  # planning.probes.Probes, set by the runner: the one way to re-run a part
+    trained_steps: int = 0  # of --train-steps, spent by a method's own training before the train pass
 
     @classmethod
     def for_model(cls, options: Options, source: str | onnx.ModelProto) -> Context:

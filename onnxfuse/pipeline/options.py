@@ -78,6 +78,10 @@ class Options:
     repair: str = option("auto", "repair with the calibration data (auto: lsq with --calib, else none)",
                          choices=repair_choices)
     train: TrainOptions = option(TrainOptions, "", cli=False)  # flattened: --train-data, --train-steps, ...
+    tpp_update: int | None = option(None, "method tpp: steps of the update phase (default: half of --train-steps)",
+                                    type=int, metavar="N")
+    tpp_stabilise: int | None = option(None, "method tpp: steps of the stabilise phase (default: a fifth of "
+                                       "--train-steps); the rest distils the pruned model", type=int, metavar="N")
 
     @classmethod
     def from_flat(cls, **options) -> Options:
@@ -138,6 +142,19 @@ class Options:
         if self.repair not in REPAIR_MODES and not self.calib:
             raise OnnxfuseError(f"repair {self.repair} needs calibration data (--calib)")
         self._check_needs()
+        if self.method == "tpp":
+            update, stabilise = self.tpp_phases
+            if update < 1 or stabilise < 0 or update + stabilise > self.train.train_steps:
+                raise OnnxfuseError(f"tpp phases {update} + {stabilise} steps must fit in train-steps "
+                                    f"{self.train.train_steps} (update at least 1)")
+
+    @property
+    def tpp_phases(self) -> tuple[int, int]:
+        """(update, stabilise) steps of TPP; the rest of --train-steps distils the pruned model."""
+        steps = self.train.train_steps
+        update = self.tpp_update if self.tpp_update is not None else max(1, round(0.5 * steps))
+        stabilise = self.tpp_stabilise if self.tpp_stabilise is not None else round(0.2 * steps)
+        return update, stabilise
 
     @property
     def quality_target(self) -> bool:
@@ -160,6 +177,8 @@ class Options:
 
     def _check_needs(self) -> None:
         """What the chosen importance and method declare they need."""
+        if METHODS.get(self.method).needs_train_data and not self.train.train_data:
+            raise OnnxfuseError(f"method {self.method} trains the model: give --train-data")
         if self.calib:
             return
         if IMPORTANCES.get(self.importance).needs_activity:

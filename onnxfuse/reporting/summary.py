@@ -54,6 +54,11 @@ def summary(report: dict) -> str:
         lines.append("defaults (auto): " + ", ".join(f"{k} {v}" for k, v in report["defaults"].items())
                      + " (docs/defaults.md)")
     lines += _repair_lines(report)
+    if "tpp" in report:
+        t = report["tpp"]
+        lines.append(f"tpp: {t['update_steps']} update + {t['stabilise_steps']} stabilise steps on {t['groups']} "
+                     f"groups in {t['seconds']:.0f} s; dropped rows' norm ratio {t['dropped_norm_ratio']:.2g} "
+                     "before removal")
     if report.get("train", {}).get("steps") is not None:
         lines.append(train_summary(report["train"]))
     val = report.get("validation")

@@ -9,6 +9,7 @@ pruning, iterative pruning), which will register with `register_training_method`
 from __future__ import annotations
 
 import contextlib
+import importlib
 import os
 from collections.abc import Callable
 from pathlib import Path
@@ -35,12 +36,16 @@ def remove_checkpoints(folder: str | os.PathLike) -> None:
             folder.rmdir()
 
 
-def load_finetune() -> Callable:
-    """`finetune.finetune`, imported on demand; one error line when torch is missing."""
+def load_training(module: str):
+    """The module `onnxfuse.training.<module>`, imported on demand; one error line when torch is missing."""
     try:
-        from .finetune import finetune
+        return importlib.import_module(f"{__name__}.{module}")
     except ModuleNotFoundError as exc:
         if exc.name != "torch":
             raise
         raise OnnxfuseError("training needs torch: pip install 'onnxfuse[train]'") from None
-    return finetune
+
+
+def load_finetune() -> Callable:
+    """`finetune.finetune`, imported on demand (see load_training)."""
+    return load_training("finetune").finetune

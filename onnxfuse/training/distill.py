@@ -243,6 +243,6 @@ class Trainer:
         self.view.eval()
         score = self.scorer.score(write_back(self.view, self.student))
         state.validation.append({"step": state.step, "score": score})
-        if score > state.best_score or not self.hooks.keep_best:
+        if score >= state.best_score or not self.hooks.keep_best:  # a tie goes to the more trained step
             state.best_score, state.best_step = score, state.step
             state.best_weights = {k: v.detach().clone() for k, v in self.view.state_dict().items()}
