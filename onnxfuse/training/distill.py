@@ -29,7 +29,7 @@ from .options import TrainOptions
 from .validation import Scorer
 from .view import TorchView, write_back
 
-DIVERGED = 1e3  # a smoothed loss this many times its best so far (and above 1) has diverged
+DIVERGED = 100.0  # a smoothed loss this many times max(its lowest so far, 1) has diverged
 SMOOTHING = 0.9
 
 
@@ -122,7 +122,7 @@ class Teacher:
 class Hooks:
     """What a training-time method adds to the loop (registry `training methods`): a regulariser
     added to the loss, a change of the gradients before the optimizer step (after clipping), a
-    change of the parameters after it, its own learning rate. `keep_best` False: the last step is
+    change of the parameters after it, its own learning rate and optimizer. `keep_best` False: the last step is
     the result (the method's schedule must finish), not the best validated one."""
 
     keep_best = True
@@ -137,6 +137,9 @@ class Hooks:
         pass
 
     def learning_rate(self, step: int) -> float | None:
+        return None
+
+    def make_optimizer(self, view: TorchView, options: TrainOptions) -> torch.optim.Optimizer | None:
         return None
 
 
@@ -162,7 +165,7 @@ class Trainer:
         self.options, self.seed, self.layout, self.store = options, seed, layout, store
         self.hooks = hooks or Hooks()
         self.outputs = Outputs.detect(student, options.logits)
-        self.optimizer = optimizer_for(view, options)
+        self.optimizer = self.hooks.make_optimizer(view, options) or optimizer_for(view, options)
         self.state = State()
         self.device = next(view.parameters()).device
 
@@ -234,7 +237,7 @@ class Trainer:
                                 "(try a lower --lr)")
         state.smoothed = value if state.smoothed is None else SMOOTHING * state.smoothed + (1 - SMOOTHING) * value
         state.lowest = min(state.lowest, state.smoothed)
-        if state.smoothed > max(1.0, DIVERGED * state.lowest):
+        if state.smoothed > DIVERGED * max(1.0, state.lowest):
             raise OnnxfuseError(f"the training loss diverged at step {step} (smoothed {state.smoothed:.4g}, "
                                 f"lowest {state.lowest:.4g}); nothing written (try a lower --lr)")
 

@@ -1,0 +1,59 @@
+import dataclasses
+
+import numpy as np
+
+from onnxfuse.graph.convert import runnable, update_constants
+from onnxfuse.pipeline.contract import PASSES, Pass, register_pass
+from onnxfuse.planning.counts import top_k
+from onnxfuse.training import load_training
+
+TRAIN_SHARE = 0.9  # of --train-steps; the rest distils the pruned model
+
+
+@register_pass
+class SDPrun(Pass):
+    """Method sdprun: gRDA with a group soft threshold from the trained weights (onnxfuse/training/
+    sdprun.py), one threshold constant per group unless --sdprun-c; channels that reached zero go,
+    and the planned count is met by importance on the
+    trained weights among the others (the prune selection removes them after this pass)."""
+
+    name = "sdprun"
+    requires = ("model.graph", "model.analysis", "decisions.keep")
+
+    def run(self, ctx):
+        opts, model, decisions = ctx.options, ctx.model, ctx.decisions
+        finetune, sdprun = load_training("finetune").finetune, load_training("sdprun")
+        steps = max(1, round(TRAIN_SHARE * opts.train.train_steps))
+        planned = [g for g in model.analysis.prunable if g.id in decisions.keep]
+        slices = {g.id: s for g, s in zip(model.analysis.prunable, sdprun.channel_groups(model.analysis))}
+        dropped = [g.width - len(decisions.keep[g.id]) for g in planned]
+        lr, found = opts.train.peak_lr, {}
+
+        def hooks(view):
+            c = [opts.sdprun_c] * len(planned) if opts.sdprun_c is not None else sdprun.threshold_constants(
+                view, [slices[g.id] for g in planned], dropped, lr, steps, opts.sdprun_mu)
+            found.update(view=view, c=c)
+            return sdprun.sdprun_hooks([slices[g.id] for g in planned], lr, c, opts.sdprun_mu)(view)
+
+        trained, report = finetune(model.original, runnable(model.graph, model.original),
+                                   dataclasses.replace(opts.train, train_steps=steps), device=opts.device,
+                                   seed=opts.seed, labels_key=opts.labels_key, preprocess=opts.preprocess,
+                                   teacher_source=model.original_path, hooks=hooks, phase="sdprun")
+        update_constants(model.graph, trained)
+        PASSES.get("score")().run(ctx)  # importance of what training left
+        zeroed = 0
+        for group in planned:
+            gone = sdprun.zeroed_channels(found["view"], slices[group.id])
+            zeroed += len(gone)
+            decisions.keep[group.id] = _kept(decisions.scores[group.id], gone, len(decisions.keep[group.id]))
+        ctx.trained_steps = steps
+        ctx.report["sdprun"] = {**report, "c": found["c"], "mu": opts.sdprun_mu, "planned_dropped": sum(dropped),
+                                "zeroed": zeroed}
+
+
+def _kept(scores: np.ndarray, zeroed: np.ndarray, count: int) -> np.ndarray:
+    """`count` channels (fewer when more reached zero, at least one) by importance among the non-zero."""
+    alive = np.setdiff1d(np.arange(len(scores)), zeroed)
+    if not len(alive):
+        return top_k(scores, 1)
+    return alive[top_k(scores[alive], min(count, len(alive)))]
