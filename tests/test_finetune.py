@@ -271,3 +271,24 @@ def test_kl_loss_is_zero_for_the_teacher_and_positive_otherwise():
     mse = distill.loss_of((2 * t,), [t], distill.Outputs(["mse"]), 4.0, None).item()
     assert mse == pytest.approx(1.0, rel=1e-5)  # normalised by the teacher's mean square
 
+
+
+def test_an_image_folder_trains_and_an_external_data_student_stays_external(student_file, tmp_path, capsys):
+    from PIL import Image
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i, pixels in enumerate(np.load(CALIB)["input"][:40, 0]):
+        Image.fromarray(pixels).save(folder / f"img{i:02d}.png")
+    external = tmp_path / "student_ext.onnx"
+    onnx.save_model(onnx.load(student_file / "student.onnx"), external, save_as_external_data=True,
+                    location="student_ext.onnx.data", size_threshold=0)
+    out = tmp_path / "out.onnx"
+    code, _, err = run_cli(["finetune", TEACHER, external, "-o", out, "--train-data", folder, "--train-steps", "3",
+                            "--batch", "8", "--val-samples", "8"], capsys)
+    assert code == 0, err
+    assert "on 32 samples" in err  # 40 images, 8 held out
+    assert (tmp_path / "out.onnx.data").exists()
+    written = onnx.load(out, load_external_data=False)
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in written.graph.initializer)
+    onnx.checker.check_model(str(out), full_check=True)
