@@ -174,8 +174,10 @@ class Trainer:
         if self.store and opts.resume and self.store.saved:
             self.state = State(**self.store.load(self.view, self.optimizer))
             info(f"resumed at step {self.state.step} of {opts.train_steps} from {self.store.path}")
-        if not self.state.validation:
-            self._validate()
+        done = self.state.step
+        due = done == 0 or done % opts.val_every == 0 or done == opts.train_steps
+        if due and (not self.state.validation or self.state.validation[-1]["step"] != done):
+            self._validate()  # the start, or a validation Ctrl-C fell on
         bar = progress(total=opts.train_steps, desc="train")
         bar.update(self.state.step)
         try:
