@@ -28,6 +28,7 @@ from .graph.io import check_model, check_output_path, load_model
 from .graph.metrics import count_macs, count_params
 from .graph.shapes import infer_shapes, mac_graph
 from .methods import METHODS
+from .pipeline import iterate
 from .reporting.report import write_report, write_text
 from .reporting.summary import group_rows, summary, train_summary
 from .reporting.sweep import check_out_dir, plot, sweep_row, table
@@ -52,7 +53,11 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     seed, and for fusion normalization, ot_p, ot_solver, ot_reg, ot_marginals, ot_features."""
     options = pipeline.Options.from_flat(sparsity=sparsity, **options)
     with log.quiet(quiet):
-        ctx = pipeline.run(pipeline.Context.for_model(options, source_of(model)))
+        if options.iterative > 1:
+            options.check()
+            ctx = iterate.run_rounds(options, source_of(model))
+        else:
+            ctx = pipeline.run(pipeline.Context.for_model(options, source_of(model)))
         report = _compress_report(ctx)
         if report_path:
             write_report(report, report_path)

@@ -22,6 +22,7 @@ class SDPrun(Pass):
 
     def run(self, ctx):
         opts, model, decisions = ctx.options, ctx.model, ctx.decisions
+        teacher, path = model.teacher
         finetune, sdprun = load_training("finetune").finetune, load_training("sdprun")
         steps = max(1, round(TRAIN_SHARE * opts.train.train_steps))
         planned = [g for g in model.analysis.prunable if g.id in decisions.keep]
@@ -35,10 +36,10 @@ class SDPrun(Pass):
             found.update(view=view, c=c)
             return sdprun.sdprun_hooks([slices[g.id] for g in planned], lr, c, opts.sdprun_mu)(view)
 
-        trained, report = finetune(model.original, runnable(model.graph, model.original),
+        trained, report = finetune(teacher, runnable(model.graph, model.original),
                                    dataclasses.replace(opts.train, train_steps=steps), device=opts.device,
                                    seed=opts.seed, labels_key=opts.labels_key, preprocess=opts.preprocess,
-                                   teacher_source=model.original_path, hooks=hooks, phase="sdprun")
+                                   teacher_source=path, hooks=hooks, phase=ctx.phase("sdprun"))
         update_constants(model.graph, trained)
         PASSES.get("score")().run(ctx)  # importance of what training left
         zeroed = 0

@@ -18,6 +18,7 @@ class TPP(Pass):
 
     def run(self, ctx):
         opts, model = ctx.options, ctx.model
+        teacher, path = model.teacher
         finetune, tpp = load_training("finetune").finetune, load_training("tpp")
         update, stabilise = opts.tpp_phases
         order = {node.name: i for i, node in enumerate(model.graph.nodes)}
@@ -30,9 +31,9 @@ class TPP(Pass):
             return tpp.tpp_hooks(groups, update, stabilise, opts.train.peak_lr)(view)
 
         options = dataclasses.replace(opts.train, train_steps=update + stabilise)
-        trained, report = finetune(model.original, dense, options, device=opts.device, seed=opts.seed,
+        trained, report = finetune(teacher, dense, options, device=opts.device, seed=opts.seed,
                                    labels_key=opts.labels_key, preprocess=opts.preprocess,
-                                   teacher_source=model.original_path, hooks=hooks, phase="tpp")
+                                   teacher_source=path, hooks=hooks, phase=ctx.phase("tpp"))
         ratio = tpp.drop_norm_ratio(holder["view"], groups)
         if ratio > REMOVAL_RATIO:
             raise OnnxfuseError(f"tpp: the dropped channels did not reach zero (norm ratio {ratio:.3g}); "

@@ -1,9 +1,10 @@
 import dataclasses
 from pathlib import Path
 
+from onnxfuse.graph.io import load_model
 from onnxfuse.log import warning
 from onnxfuse.pipeline.contract import Pass, register_pass
-from onnxfuse.training import load_finetune
+from onnxfuse.training import load_finetune, load_training
 
 
 @register_pass
@@ -29,7 +30,20 @@ class Train(Pass):
         if steps < 1:
             return
         finetune = load_finetune()
+        teacher, path = model.teacher
+        stop = self._icp(ctx, steps) if opts.stop == "icp" else None
         model.result, ctx.report["train"] = finetune(
-            model.original, model.result, dataclasses.replace(opts.train, train_steps=steps), device=opts.device,
-            seed=opts.seed, labels_key=opts.labels_key, preprocess=opts.preprocess, teacher_source=model.original_path)
+            teacher, model.result, dataclasses.replace(opts.train, train_steps=steps), device=opts.device,
+            seed=opts.seed, labels_key=opts.labels_key, preprocess=opts.preprocess, teacher_source=path,
+            hooks=(lambda view: stop) if stop else None, phase=ctx.phase("train"))
+        if stop:
+            ctx.report["train"]["icp"] = {"epsilon": stop.epsilon, "distances": stop.distances}
+
+    @staticmethod
+    def _icp(ctx, steps: int):
+        """ICP's stop on the calibration inputs, against the original's information flow."""
+        teacher, path = ctx.model.teacher
+        dense = load_model(path) if path else teacher
+        return load_training("icp").ICPStop(dense, ctx.model.result, ctx.calibration.calib, steps,
+                                            ctx.options.icp_eps)
 

@@ -25,8 +25,8 @@ class Validate(Pass):
             data, source = cal.calib, f"{opts.calib} (calibration data)"
         else:
             data, source = random_inputs(model.original, seed=opts.seed, shapes=model.input_shapes), "random inputs"
-        ctx.report["validation"] = compare(model.original, model.result, data, opts.device,
-                                           original_path=model.original_path)
+        teacher, path = model.teacher  # the original of the whole run, also after --iterative rounds
+        ctx.report["validation"] = compare(teacher, model.result, data, opts.device, original_path=path)
         ctx.report["validation"]["data"] = source
 
     @staticmethod

@@ -27,6 +27,12 @@ class ModelState:
     input_shapes: dict[str, list[int]] = field(default_factory=dict)  # for inputs with dynamic dims
     before_fuse: onnx.ModelProto | None = None  # the normalised model, kept when repair needs it
     result: onnx.ModelProto | None = None
+    reference: tuple[onnx.ModelProto, str | None] | None = None  # rounds after the first: the true original
+
+    @property
+    def teacher(self) -> tuple[onnx.ModelProto, str | None]:
+        """(the model to distil from and validate against, its file): the original of the whole run."""
+        return self.reference or (self.original, self.original_path)
 
     @property
     def original_path(self) -> str | None:
@@ -66,6 +72,10 @@ class Context:
     report: dict = field(default_factory=dict)
     probes: Any = None  # planning.probes.Probes, set by the runner: the one way to re-run a part
     trained_steps: int = 0  # of --train-steps, spent by a method's own training before the train pass
+    round: int = 0  # of --iterative: names the checkpoint files of the round's training phases
+
+    def phase(self, name: str) -> str:
+        return f"{name}-round{self.round}" if self.round else name
 
     @classmethod
     def for_model(cls, options: Options, source: str | onnx.ModelProto) -> Context:

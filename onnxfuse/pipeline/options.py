@@ -25,6 +25,7 @@ from .defaults import AUTO, FUSION_FIELDS, auto_fields, auto_help
 ALLOCATIONS = ("uniform", "sensitivity")
 REPAIR_MODES = (AUTO, "none")  # besides the registered repairs
 CALIB_SAMPLES = 256
+STOPS = ("fixed", "icp")
 
 
 def repair_choices() -> tuple[str, ...]:
@@ -80,6 +81,13 @@ class Options:
     train: TrainOptions = option(TrainOptions, "", cli=False)  # flattened: --train-data, --train-steps, ...
     tpp_update: int | None = option(None, "method tpp: steps of the update phase (default: half of --train-steps)",
                                     type=int, metavar="N")
+    iterative: int = option(1, "shrink in K rounds, each to the next step of the schedule and distilled "
+                            "(needs --train-data)", type="positive_int", metavar="K")
+    stop: str = option("fixed", "when a round's distillation ends: fixed (an equal share of --train-steps, unused "
+                       "steps carried on) or icp (the information flow matches the original's; needs --calib)",
+                       choices=STOPS)
+    icp_eps: float | None = option(None, "icp: the distance that ends a round (default: 3x the original's own "
+                                   "distance between two halves of the calibration data)", type=float, metavar="E")
     sdprun_c: float | None = option(None, "method sdprun: gRDA's c (default: from the plan, so that about the "
                                     "planned channels reach zero within the steps)", type=float, metavar="C")
     sdprun_mu: float = option(0.51, "method sdprun: gRDA's exponent mu", type=float, metavar="MU")
@@ -145,11 +153,29 @@ class Options:
         if self.repair not in REPAIR_MODES and not self.calib:
             raise OnnxfuseError(f"repair {self.repair} needs calibration data (--calib)")
         self._check_needs()
+        self._check_iterative()
         if self.method == "tpp":
             update, stabilise = self.tpp_phases
             if update < 1 or stabilise < 0 or update + stabilise > self.train.train_steps:
                 raise OnnxfuseError(f"tpp phases {update} + {stabilise} steps must fit in train-steps "
                                     f"{self.train.train_steps} (update at least 1)")
+
+    def _check_iterative(self) -> None:
+        if self.stop not in STOPS:
+            raise OnnxfuseError(f"unknown stop {self.stop!r}; choose from {', '.join(STOPS)}")
+        if self.stop == "icp" and not (self.calib and self.train.train_data):
+            raise OnnxfuseError("stop icp compares the information flow on calibration inputs during training: "
+                                "give --calib and --train-data")
+        if self.iterative == 1:
+            return
+        if not self.train.train_data:
+            raise OnnxfuseError("iterative rounds distil after each shrink: give --train-data")
+        if self.quality_target or self.target_latency is not None:
+            raise OnnxfuseError("iterative takes --sparsity or --target-macs")
+        if METHODS.get(self.method).extra_passes:
+            raise OnnxfuseError(f"method {self.method} trains in its own way: it does not take iterative")
+        if self.train.train_steps < self.iterative:
+            raise OnnxfuseError(f"train-steps {self.train.train_steps} cannot be shared by {self.iterative} rounds")
 
     @property
     def tpp_phases(self) -> tuple[int, int]:

@@ -54,6 +54,9 @@ def summary(report: dict) -> str:
         lines.append("defaults (auto): " + ", ".join(f"{k} {v}" for k, v in report["defaults"].items())
                      + " (docs/defaults.md)")
     lines += _repair_lines(report)
+    if "iterative" in report:
+        lines.append(f"iterative: {len(report['iterative'])} rounds, kept " + ", ".join(
+            f"{r['kept']:.3g} in {r['steps']} of {r['budget']} steps" for r in report["iterative"]))
     if "tpp" in report:
         t = report["tpp"]
         lines.append(f"tpp: {t['update_steps']} update + {t['stabilise_steps']} stabilise steps on {t['groups']} "

@@ -142,6 +142,11 @@ class Hooks:
     def make_optimizer(self, view: TorchView, options: TrainOptions) -> torch.optim.Optimizer | None:
         return None
 
+    stop_every = 0  # with a positive value: `stop(step, model)` every so many steps may end the run early
+
+    def stop(self, step: int, model: onnx.ModelProto) -> bool:
+        return False
+
 
 @dataclass
 class State:
@@ -155,6 +160,7 @@ class State:
     smoothed: float | None = None
     lowest: float = math.inf
     seconds: float = 0.0  # spent in training steps, over every resumed part
+    stopped_at: int | None = None  # a method's stop criterion ended the run at this step
 
 
 class Trainer:
@@ -182,11 +188,16 @@ class Trainer:
         bar.update(self.state.step)
         try:
             with torch.random.fork_rng(devices=[]):
-                while self.state.step < opts.train_steps:
+                while self.state.step < opts.train_steps and self.state.stopped_at is None:
                     self._step()
                     bar.update(1)
                     bar.set_postfix(loss=f"{self.state.losses[-1]:.4g}", refresh=False)
                     done = self.state.step
+                    if self._stops(done):
+                        self._validate()
+                        if self.store:
+                            self.store.save(self.view, self.optimizer, self.state)
+                        break
                     if done % opts.val_every == 0 or done == opts.train_steps:
                         self._validate()
                     if self.store and (done % opts.checkpoint_every == 0 or done == opts.train_steps):
@@ -242,6 +253,16 @@ class Trainer:
         if state.smoothed > DIVERGED * max(1.0, state.lowest):
             raise OnnxfuseError(f"the training loss diverged at step {step} (smoothed {state.smoothed:.4g}, "
                                 f"lowest {state.lowest:.4g}); nothing written (try a lower --lr)")
+
+    def _stops(self, done: int) -> bool:
+        every = self.hooks.stop_every
+        if not every or done % every or done == self.options.train_steps:
+            return False
+        self.view.eval()
+        if self.hooks.stop(done, write_back(self.view, self.student)):
+            self.state.stopped_at = done
+            return True
+        return False
 
     def _validate(self) -> None:
         state = self.state

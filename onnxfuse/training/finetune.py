@@ -102,7 +102,7 @@ def _report(state, scorer: Scorer, options: TrainOptions, samples: int, device: 
               "seconds_per_step": round(state.seconds / state.step, 4) if state.step else None,
               "loss_curve": _curve(state.losses), "metric": scorer.metric, "validation_samples": len(scorer.data),
               "validation": state.validation, "score_before": first["score"], "best_step": state.best_step,
-              "score_after": state.best_score, "teacher_score": scorer.teacher_score}
+              "score_after": state.best_score, "teacher_score": scorer.teacher_score, "stopped_at": state.stopped_at}
     if state.best_step == 0 and state.step:
         warning(f"warning: no trained step beat the start on the validation set ({scorer.metric}); "
                 "the student is written untrained")
