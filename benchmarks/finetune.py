@@ -20,10 +20,8 @@ benchmarks/finetune.png (accuracy vs steps).
 
 from __future__ import annotations
 
-import argparse
 import json
 import resource
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -256,22 +254,11 @@ def load_store() -> dict:
 
 
 def measure(models: list[str], targets: list[float], methods: list[str], steps: list[int], work: Path) -> None:
-    store = load_store()
+    from benchmarks.results import run_cells
+
     keys = [f"{arch}|0|steptime|0" for arch in models]
     keys += [f"{arch}|{t}|{m}|{s}" for t in targets for s in steps for arch in models for m in methods]
-    for key in keys:
-        if key in store:
-            continue
-        begin = time.perf_counter()
-        proc = subprocess.run([sys.executable, __file__, "--one", key, "--work", str(work)], capture_output=True,
-                              text=True)
-        if proc.returncode:
-            print(f"{key}: failed\n{proc.stderr[-2000:]}", flush=True)
-            continue
-        store[key] = json.loads(proc.stdout.strip().splitlines()[-1])
-        store[key]["wall_seconds"] = round(time.perf_counter() - begin, 1)
-        print(f"{key}: {json.dumps({k: v for k, v in store[key].items() if k != 'loss_curve'})}", flush=True)
-        STORE.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+    run_cells(__file__, keys, STORE, work)
 
 
 def dense_accuracies() -> dict:
@@ -359,24 +346,17 @@ def plot(cells: dict, dense: dict) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from benchmarks.results import cell_main, cell_parser
+
+    parser = cell_parser(__doc__)
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--targets", default="0.25,0.1,0.5")
     parser.add_argument("--methods", default="prune,tp,fuse")
     parser.add_argument("--steps", default="0,1000,250,4000")
-    parser.add_argument("--work", default="/tmp/onnxfuse-finetune-bench", help="start models and training data")
-    parser.add_argument("--tables-only", action="store_true")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    if args.one:
-        print(json.dumps(one_cell(args.one, work)))
-        return
-    if not args.tables_only:
-        measure(args.models.split(","), [float(t) for t in args.targets.split(",")], args.methods.split(","),
-                [int(s) for s in args.steps.split(",")], work)
-    write(load_store())
+    cell_main(args, one_cell, lambda work: measure(args.models.split(","), [float(t) for t in args.targets.split(",")],
+                                                   args.methods.split(","), [int(s) for s in args.steps.split(",")],
+                                                   work), lambda: write(load_store()))
 
 
 if __name__ == "__main__":

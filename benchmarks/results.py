@@ -72,3 +72,50 @@ def _decode(value):
                 key = float(key)
         out[key] = _decode(item)
     return out
+
+
+def cell_parser(doc: str, work: str = "/tmp/onnxfuse-finetune-bench"):
+    """The arguments of a benchmark measured cell by cell: --work, --tables-only and the internal --one."""
+    import argparse
+
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default=work, help="start models and training data")
+    parser.add_argument("--tables-only", action="store_true")
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    return parser
+
+
+def run_cells(script: str, keys: list[str], store_path: Path, work: Path) -> dict:
+    """Each key missing from the JSON store at `store_path` measured by `script --one KEY` in a fresh
+    process (its own peak memory), its last stdout line stored as it comes; returns the store."""
+    import subprocess
+    import sys
+    import time
+
+    store = json.loads(store_path.read_text()) if store_path.exists() else {}
+    for key in keys:
+        if key in store:
+            continue
+        begin = time.perf_counter()
+        proc = subprocess.run([sys.executable, script, "--one", key, "--work", str(work)], capture_output=True,
+                              text=True)
+        if proc.returncode:
+            print(f"{key}: failed\n{proc.stderr[-2000:]}", flush=True)
+            continue
+        store[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+        store[key]["wall_seconds"] = round(time.perf_counter() - begin, 1)
+        print(f"{key}: {json.dumps({k: v for k, v in store[key].items() if k != 'loss_curve'})}", flush=True)
+        store_path.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+    return store
+
+
+def cell_main(args, one_cell, measure, write) -> None:
+    """One cell (`--one KEY`: its result as a JSON line), else `measure(work)` unless --tables-only, then `write()`."""
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    if args.one:
+        print(json.dumps(one_cell(args.one, work)))
+        return
+    if not args.tables_only:
+        measure(work)
+    write()

@@ -13,9 +13,7 @@ Writes the section "Training-time methods" of RESULTS.md and benchmarks/training
 
 from __future__ import annotations
 
-import argparse
 import json
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -55,28 +53,20 @@ def one_cell(key: str, work: Path) -> dict:
 
 
 def measure(models, targets, budgets, variants, work: Path) -> None:
-    store = json.loads(STORE.read_text()) if STORE.exists() else {}
-    for budget in budgets:
-        for target in targets:
-            for arch in models:
-                for variant in variants:
-                    key = f"{arch}|{target}|{variant}|{budget}"
-                    if key in store:
-                        continue
-                    proc = subprocess.run([sys.executable, __file__, "--one", key, "--work", str(work)],
-                                          capture_output=True, text=True)
-                    if proc.returncode:
-                        print(f"{key}: failed\n{proc.stderr[-2000:]}", flush=True)
-                        continue
-                    store[key] = json.loads(proc.stdout.strip().splitlines()[-1])
-                    print(f"{key}: {store[key]}", flush=True)
-                    STORE.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
+    from benchmarks.results import run_cells
+
+    keys = [f"{arch}|{target}|{variant}|{budget}" for budget in budgets for target in targets for arch in models
+            for variant in variants]
+    run_cells(__file__, keys, STORE, work)
 
 
 def write(store: dict) -> None:
     from benchmarks.finetune import dense_accuracies
     from benchmarks.results import write_section
 
+    if not store:
+        print("nothing measured yet: no table")
+        return
     dense = dense_accuracies()
     budgets = sorted({int(k.split("|")[3]) for k in store})
     rows = sorted({tuple(k.split("|")[:3]) for k in store},
@@ -133,24 +123,18 @@ def plot(store: dict, budgets: list[int]) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    from benchmarks.results import cell_main, cell_parser
+
+    parser = cell_parser(__doc__)
     parser.add_argument("--models", default="resnet18,vgg11bn,mobilenetv2")
     parser.add_argument("--targets", default="0.25,0.1")
     parser.add_argument("--budgets", default="500,2000")
     parser.add_argument("--variants", default=",".join(VARIANTS))
-    parser.add_argument("--work", default="/tmp/onnxfuse-finetune-bench")
-    parser.add_argument("--tables-only", action="store_true")
-    parser.add_argument("--one", help=argparse.SUPPRESS)
     args = parser.parse_args()
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    if args.one:
-        print(json.dumps(one_cell(args.one, work)))
-        return
-    if not args.tables_only:
-        measure(args.models.split(","), args.targets.split(","), [int(b) for b in args.budgets.split(",")],
-                args.variants.split(","), work)
-    write(json.loads(STORE.read_text()) if STORE.exists() else {})
+    cell_main(args, one_cell, lambda work: measure(args.models.split(","), args.targets.split(","),
+                                                   [int(b) for b in args.budgets.split(",")],
+                                                   args.variants.split(","), work),
+              lambda: write(json.loads(STORE.read_text()) if STORE.exists() else {}))
 
 
 if __name__ == "__main__":
