@@ -62,6 +62,10 @@ def summary(report: dict) -> str:
         lines.append(f"tpp: {t['update_steps']} update + {t['stabilise_steps']} stabilise steps on {t['groups']} "
                      f"groups in {t['seconds']:.0f} s; dropped rows' norm ratio {t['dropped_norm_ratio']:.2g} "
                      "before removal")
+    if "sdprun" in report:
+        s = report["sdprun"]
+        lines.append(f"sdprun: {s['steps']} steps in {s['seconds']:.0f} s; {s['zeroed']} channels reached zero of "
+                     f"{s['planned_dropped']} planned to go (the rest by importance)")
     if report.get("train", {}).get("steps") is not None:
         lines.append(train_summary(report["train"]))
     val = report.get("validation")
