@@ -336,12 +336,16 @@ def plot(cells: dict, dense: dict) -> None:
                 ax.plot(steps, [100 * by_steps[s]["accuracy"] for s in steps], marker="o", label=METHOD_NAMES[method])
         if arch in dense:
             ax.axhline(100 * dense[arch], color="grey", linestyle="--", linewidth=1, label="dense")
+        shown = [100 * v["accuracy"] for m in METHOD_NAMES for v in cells.get((arch, target, m), {}).values()
+                 if v["accuracy"] > 0.5]
+        ax.set_ylim(min(shown, default=50) - 3, 100)  # an untrained start below half is off the axis
         ax.set_title(f"{arch}, {target} of the MACs", fontsize=9)
         ax.set_xlabel("training steps")
         ax.set_ylabel("test accuracy (%)")
         ax.grid(alpha=0.3)
     for ax in list(axes.flat)[len(panels):]:
         ax.axis("off")
+    fig.suptitle("accuracy below 50 % (Torch-Pruning before training: 10 %) is off the axis", fontsize=8)
     save_figure(fig, axes, ROOT / "benchmarks" / "finetune.png")
 
 
