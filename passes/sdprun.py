@@ -3,7 +3,8 @@ import dataclasses
 import numpy as np
 
 from onnxfuse.graph.convert import runnable, update_constants
-from onnxfuse.pipeline.contract import PASSES, Pass, register_pass
+from onnxfuse.methods.importance import score_group
+from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.planning.counts import top_k
 from onnxfuse.training import load_training
 
@@ -41,12 +42,13 @@ class SDPrun(Pass):
                                    seed=opts.seed, labels_key=opts.labels_key, preprocess=opts.preprocess,
                                    teacher_source=path, hooks=hooks, phase=ctx.phase("sdprun"))
         update_constants(model.graph, trained)
-        PASSES.get("score")().run(ctx)  # importance of what training left
-        zeroed = 0
+        tensors, zeroed = model.graph.tensors(), 0
         for group in planned:
             gone = sdprun.zeroed_channels(found["view"], slices[group.id])
             zeroed += len(gone)
-            decisions.keep[group.id] = _kept(decisions.scores[group.id], gone, len(decisions.keep[group.id]))
+            scores = score_group(opts.importance, group, tensors, opts.seed, ctx.calibration.activity.get(group.id))
+            decisions.scores[group.id] = scores  # the importance of what training left
+            decisions.keep[group.id] = _kept(scores, gone, len(decisions.keep[group.id]))
         ctx.trained_steps = steps
         ctx.report["sdprun"] = {**report, "c": found["c"], "mu": opts.sdprun_mu, "planned_dropped": sum(dropped),
                                 "zeroed": zeroed}
