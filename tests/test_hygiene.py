@@ -27,8 +27,16 @@ from onnxfuse.graph import io as graphio
 ROOT = Path(__file__).resolve().parents[1]
 TINYRES = ROOT / "models" / "tinyres_fmnist_folded.onnx"
 CALIB = ROOT / "models" / "data" / "fmnist_calib512.npz"
-# cli.main in a fresh process; "ready" once the imports (start-up) are done
-LAUNCH = "import sys, onnxfuse.cli as c; print('ready', flush=True); sys.exit(c.main(sys.argv[1:]))"
+# cli.main in a fresh process; "ready" once start-up is done and main's error handling has begun (as
+# the run's scope opens): a signal in the instant before main's `try` would be Python's, not ours
+LAUNCH = ("import sys, onnxfuse.cli as c, onnxfuse.scratch as s\n"
+          "scope = s.run\n"
+          "def announced():\n"
+          "    s.run = scope\n"
+          "    print('ready', flush=True)\n"
+          "    return scope()\n"
+          "s.run = announced\n"
+          "sys.exit(c.main(sys.argv[1:]))")
 
 
 def tree(folder: Path) -> dict[str, bytes]:
