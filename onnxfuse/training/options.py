@@ -24,11 +24,13 @@ class TrainOptions:
     batch: int = option(128, "training batch size", type="positive_int", metavar="N")
     lr: float | None = option(None, "peak learning rate (default: 0.01 for sgd, 0.001 for adamw)", type=float)
     optimizer: str = option("sgd", "sgd (momentum 0.9, Nesterov) or adamw", choices=OPTIMIZERS)
-    weight_decay: float = option(5e-5, "weight decay", type=float)
+    weight_decay: float = option(5e-5, "weight decay on weights of rank 2 and more (default 5e-5)",
+                                  type=float)
     warmup_steps: int | None = option(None, "linear warm-up before the cosine decay (default: 5% of the steps)",
                                       type=int, metavar="N")
-    temperature: float = option(4.0, "distillation temperature of the KL loss on classifier logits", type=float)
-    clip_grad: float = option(5.0, "clip the gradient norm at this value (0: no clipping)", type=float)
+    temperature: float = option(4.0, "distillation temperature of the KL loss on classifier logits (default 4)",
+                                 type=float)
+    clip_grad: float = option(5.0, "clip the gradient norm at this value (default 5; 0: no clipping)", type=float)
     logits: tuple[str, ...] = option((), "output(s) trained with the KL loss (default: every 2-D float output; "
                                      "others get a normalised MSE); repeatable", action="append", metavar="NAME")
     val_data: str | None = option(None, "validation inputs (.npz, labels optional) scored in ONNX Runtime "
