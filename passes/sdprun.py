@@ -6,7 +6,7 @@ from onnxfuse.graph.convert import runnable, update_constants
 from onnxfuse.methods.importance import score_group
 from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.planning.counts import top_k
-from onnxfuse.training import load_training
+from onnxfuse.training import load_finetune, load_training
 
 TRAIN_SHARE = 0.9  # of --train-steps; the rest distils the pruned model
 
@@ -24,18 +24,17 @@ class SDPrun(Pass):
     def run(self, ctx):
         opts, model, decisions = ctx.options, ctx.model, ctx.decisions
         teacher, path = model.teacher
-        finetune, sdprun = load_training("finetune").finetune, load_training("sdprun")
+        finetune, sdprun = load_finetune(), load_training("sdprun")
         steps = max(1, round(TRAIN_SHARE * opts.train.train_steps))
         planned = [g for g in model.analysis.prunable if g.id in decisions.keep]
         slices = {g.id: s for g, s in zip(model.analysis.prunable, sdprun.channel_groups(model.analysis))}
         dropped = [g.width - len(decisions.keep[g.id]) for g in planned]
-        lr, found = opts.train.peak_lr, {}
+        made = []  # the hooks finetune builds around its view
 
         def hooks(view):
-            c = [opts.sdprun_c] * len(planned) if opts.sdprun_c is not None else sdprun.threshold_constants(
-                view, [slices[g.id] for g in planned], dropped, lr, steps, opts.sdprun_mu)
-            found.update(view=view, c=c)
-            return sdprun.sdprun_hooks([slices[g.id] for g in planned], lr, c, opts.sdprun_mu)(view)
+            made.append(sdprun.SDPrunHooks(view, [slices[g.id] for g in planned], opts.train.peak_lr, opts.sdprun_c,
+                                           opts.sdprun_mu, dropped, steps))
+            return made[-1]
 
         trained, report = finetune(teacher, runnable(model.graph, model.original),
                                    dataclasses.replace(opts.train, train_steps=steps), device=opts.device,
@@ -44,13 +43,13 @@ class SDPrun(Pass):
         update_constants(model.graph, trained)
         tensors, zeroed = model.graph.tensors(), 0
         for group in planned:
-            gone = sdprun.zeroed_channels(found["view"], slices[group.id])
+            gone = sdprun.zeroed_channels(made[-1].view, slices[group.id])
             zeroed += len(gone)
             scores = score_group(opts.importance, group, tensors, opts.seed, ctx.calibration.activity.get(group.id))
             decisions.scores[group.id] = scores  # the importance of what training left
             decisions.keep[group.id] = _kept(scores, gone, len(decisions.keep[group.id]))
         ctx.trained_steps = steps
-        ctx.report["sdprun"] = {**report, "c": found["c"], "mu": opts.sdprun_mu, "planned_dropped": sum(dropped),
+        ctx.report["sdprun"] = {**report, "c": made[-1].c, "mu": opts.sdprun_mu, "planned_dropped": sum(dropped),
                                 "zeroed": zeroed}
 
 

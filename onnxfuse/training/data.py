@@ -49,9 +49,8 @@ class TrainSet:
             epoch, offset = divmod(start + len(positions), n)
             order = np.random.default_rng([seed, epoch]).permutation(n)
             positions.extend(order[offset: offset + size - len(positions)])
-        rows = np.sort(self.indices[np.asarray(positions)])  # sorted: sequential reads of a memory map
-        feeds = {s.name: np.asarray(self.data.feeds[s.name][rows]).astype(s.dtype, copy=False) for s in self.specs}
-        return feeds, None if self.data.labels is None else self.data.labels[rows]
+        batch = self.subset(np.sort(self.indices[np.asarray(positions)]))  # sorted: sequential memory-map reads
+        return batch.feeds, batch.labels
 
     def subset(self, indices: np.ndarray) -> Dataset:
         """Samples `indices` (of the whole file) as an in-memory Dataset in the model's dtypes."""

@@ -27,7 +27,7 @@ from . import checkpoints
 from .data import ImageLayout, TrainSet, augment
 from .options import TrainOptions
 from .validation import Scorer
-from .view import TorchView, write_back
+from .view import FLOAT_TYPES, TorchView, write_back
 
 DIVERGED = 100.0  # a smoothed loss this many times max(its lowest so far, 1) has diverged
 SMOOTHING = 0.9
@@ -40,8 +40,6 @@ class Outputs:
 
     @classmethod
     def detect(cls, model: onnx.ModelProto, logits: tuple[str, ...]) -> Outputs:
-        floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.DOUBLE, onnx.TensorProto.FLOAT16,
-                  onnx.TensorProto.BFLOAT16}
         names = [o.name for o in model.graph.output]
         unknown = [n for n in logits if n not in names]
         if unknown:
@@ -49,7 +47,7 @@ class Outputs:
         kinds = []
         for o in model.graph.output:
             t = o.type.tensor_type
-            if t.elem_type not in floats:
+            if t.elem_type not in FLOAT_TYPES:
                 kinds.append(None)
             elif o.name in logits or not logits and len(t.shape.dim) == 2 and t.shape.dim[1].dim_value != 1:
                 kinds.append("kl")
@@ -90,7 +88,7 @@ def learning_rate(step: int, options: TrainOptions) -> float:
 
 
 def optimizer_for(view: TorchView, options: TrainOptions) -> torch.optim.Optimizer:
-    trained = [p for p in view.parameters() if p.requires_grad]
+    trained = view.trained_parameters()
     groups = [{"params": [p for p in trained if p.ndim >= 2], "weight_decay": options.weight_decay},
               {"params": [p for p in trained if p.ndim < 2], "weight_decay": 0.0}]
     groups = [g for g in groups if g["params"]]
@@ -122,8 +120,8 @@ class Teacher:
 class Hooks:
     """What a training-time method adds to the loop (registry `training methods`): a regulariser
     added to the loss, a change of the gradients before the optimizer step (after clipping), a
-    change of the parameters after it, its own learning rate and optimizer. `keep_best` False: the last step is
-    the result (the method's schedule must finish), not the best validated one."""
+    change of the parameters after it, its own learning rate and optimizer. `keep_best` False: the
+    last step is the result (the method's schedule must finish), not the best validated one."""
 
     keep_best = True
 
@@ -172,6 +170,7 @@ class Trainer:
         self.hooks = hooks or Hooks()
         self.outputs = Outputs.detect(student, options.logits)
         self.optimizer = self.hooks.make_optimizer(view, options) or optimizer_for(view, options)
+        self.trained = view.trained_parameters()
         self.state = State()
         self.device = next(view.parameters()).device
 
@@ -230,7 +229,7 @@ class Trainer:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if opts.clip_grad:
-            torch.nn.utils.clip_grad_norm_([p for p in self.view.parameters() if p.requires_grad], opts.clip_grad)
+            torch.nn.utils.clip_grad_norm_(self.trained, opts.clip_grad)
         self.hooks.before_step(state.step)
         lr = self.hooks.learning_rate(state.step)
         for group in self.optimizer.param_groups:

@@ -11,10 +11,11 @@ import numpy as np
 import onnx
 import torch
 
-from ..calibration.data import Dataset, input_specs, load_npz
+from ..calibration.data import Dataset, load_npz
 from ..calibration.images import Preprocess
 from ..errors import OnnxfuseError
 from ..log import info, warning
+from ..runtime.sessions import batch_size_for
 from . import checkpoints
 from .data import check_same_interface, image_layout, load_train_data, split
 from .distill import Hooks, Teacher, Trainer
@@ -74,10 +75,9 @@ def _torch_device(device: str) -> torch.device:
 
 
 def _check_batch(model: onnx.ModelProto, batch: int) -> None:
-    for spec in input_specs(model):
-        fixed = spec.shape[0] if spec.shape and isinstance(spec.shape[0], int) and spec.shape[0] > 0 else None
-        if fixed is not None and fixed != batch:
-            raise OnnxfuseError(f"input {spec.name!r} has a fixed batch of {fixed}: train with --batch {fixed}")
+    fixed = batch_size_for(model, batch)
+    if fixed != batch:
+        raise OnnxfuseError(f"the model's inputs have a fixed batch of {fixed}: train with --batch {fixed}")
 
 
 def _digest(model: onnx.ModelProto) -> bytes:

@@ -45,10 +45,10 @@ def channel_groups(analysis: Analysis) -> list[list[Slice]]:
 
 class GroupRDA(torch.optim.Optimizer):
     def __init__(self, view: TorchView, groups: list[list[Slice]], lr: float, c: list[float], mu: float = MU):
-        params = [p for p in view.parameters() if p.requires_grad]
+        params = view.trained_parameters()
         super().__init__(params, {"lr": lr, "steps": 0})  # steps in the group: checkpoints keep it
         self.c, self.mu = c, mu
-        trained = {name for name, p in view.onnx_parameters() if p.requires_grad}
+        trained = view.trained_names()
         self.groups = [([(view.parameter(s.tensor), s) for s in slices if s.tensor in trained], c_g)
                        for slices, c_g in zip(groups, c)]
         self.groups = [(g, c_g) for g, c_g in self.groups if g]
@@ -69,7 +69,7 @@ class GroupRDA(torch.optim.Optimizer):
             p.copy_(a)
         for slices, c in self.groups:
             g = self.threshold(c, lr, self.param_groups[0]["steps"])
-            norms, size = _channel_norms(self.state, slices)
+            norms, size = _channel_norms(slices, lambda p: self.state[p]["accumulator"])
             factor = torch.clamp(1 - g * math.sqrt(size) / norms.clamp_min(1e-30), min=0)
             for p, s in slices:
                 moved = p.movedim(s.axis, 0)
@@ -80,11 +80,12 @@ class GroupRDA(torch.optim.Optimizer):
         return None
 
 
-def _channel_norms(state, slices) -> tuple[torch.Tensor, int]:
-    """‖a_G‖ per channel over every slice, and the number of entries |G| of one channel."""
+def _channel_norms(slices, value=torch.Tensor.detach) -> tuple[torch.Tensor, int]:
+    """‖value(p)_G‖ per channel over every (parameter, slice), and the number of entries |G| of one
+    channel; `value` gives what to measure of a parameter (its accumulator in the optimizer)."""
     total, size = None, 0
     for p, s in slices:
-        moved = state[p]["accumulator"].movedim(s.axis, 0)
+        moved = value(p).movedim(s.axis, 0)
         rows = moved[torch.as_tensor(s.positions.ravel(), device=p.device)].reshape(len(s.positions), -1)
         squares = rows.float().pow(2).sum(1)
         total = squares if total is None else total + squares
@@ -97,11 +98,11 @@ def threshold_constants(view: TorchView, groups: list[list[Slice]], dropped: lis
     """Per group, c such that the last step's threshold g·√|G| reaches its `dropped`-th smallest channel norm."""
     constants = []
     for slices, count in zip(groups, dropped):
-        present = [(view.parameter(s.tensor), s) for s in slices if s.tensor in view.param_keys]
+        present = _present(view, slices)
         if not present or count < 1:
             constants.append(0.0)
             continue
-        norms, size = _channel_norms({p: {"accumulator": p.detach()} for p, _ in present}, present)
+        norms, size = _channel_norms(present)
         ratios = np.sort((norms / math.sqrt(size)).cpu().numpy())
         constants.append(float(ratios[min(count, len(ratios)) - 1]) / (math.sqrt(lr) * (steps * lr) ** mu))
     return constants
@@ -109,25 +110,28 @@ def threshold_constants(view: TorchView, groups: list[list[Slice]], dropped: lis
 
 def zeroed_channels(view: TorchView, slices: list[Slice]) -> np.ndarray:
     """The channels of one group whose every slice is exactly zero."""
-    present = [(view.parameter(s.tensor), s) for s in slices if s.tensor in view.param_keys]
-    norms, _ = _channel_norms({p: {"accumulator": p.detach()} for p, _ in present}, present)
+    norms, _ = _channel_norms(_present(view, slices))
     return np.flatnonzero(norms.cpu().numpy() == 0)
 
 
+def _present(view: TorchView, slices: list[Slice]) -> list[tuple[torch.Tensor, Slice]]:
+    return [(view.parameter(s.tensor), s) for s in slices if s.tensor in view.param_keys]
+
+
+@register_training_method("sdprun")
 class SDPrunHooks(Hooks):
+    """gRDA as the optimizer, at a constant learning rate; `c` None: one constant per group from the
+    plan (`dropped` channels of each group reachable in `steps`)."""
+
     keep_best = False
 
-    def __init__(self, view: TorchView, groups: list[list[Slice]], lr: float, c: list[float], mu: float):
-        self.groups, self.lr, self.c, self.mu = groups, lr, c, mu
+    def __init__(self, view: TorchView, groups: list[list[Slice]], lr: float, c: float | None, mu: float,
+                 dropped: list[int], steps: int):
+        self.view, self.groups, self.lr, self.mu = view, groups, lr, mu
+        self.c = [c] * len(groups) if c is not None else threshold_constants(view, groups, dropped, lr, steps, mu)
 
     def make_optimizer(self, view: TorchView, options) -> torch.optim.Optimizer:
         return GroupRDA(view, self.groups, self.lr, self.c, self.mu)
 
     def learning_rate(self, step: int) -> float:
         return self.lr
-
-
-@register_training_method("sdprun")
-def sdprun_hooks(groups: list[list[Slice]], lr: float, c: list[float], mu: float = MU):
-    """A `hooks(view)` factory for `finetune`."""
-    return lambda view: SDPrunHooks(view, groups, lr, c, mu)

@@ -54,12 +54,13 @@ def drops_of(analysis: Analysis, keep: dict[int, np.ndarray], order: dict[str, i
     return [drops for _, drops in sorted(groups, key=lambda item: item[0])]
 
 
+@register_training_method("tpp")
 class TPPHooks(Hooks):
     keep_best = False  # the schedule must finish: zeroed channels are the point
 
     def __init__(self, view: TorchView, groups: list[list[Drop]], update: int, stabilise: int, peak_lr: float):
-        self.update, self.stabilise, self.lr = update, stabilise, LR_SHARE * peak_lr
-        trained = {name for name, p in view.onnx_parameters() if p.requires_grad}
+        self.view, self.update, self.stabilise, self.lr = view, update, stabilise, LR_SHARE * peak_lr
+        trained = view.trained_names()
         self.groups = [[(view.parameter(d.tensor), d) for d in drops if d.tensor in trained] for drops in groups]
         self.producers = _gram_masks(view, [d for drops in groups for d in drops if d.producer and d.tensor in trained])
         half = max(1, stabilise // 2)
@@ -133,8 +134,3 @@ def drop_norm_ratio(view: TorchView, groups: list[list[Drop]]) -> float:
             worst = max(worst, dropped_norm / kept_norm if kept_norm else float(dropped_norm > 0))
     return worst
 
-
-@register_training_method("tpp")
-def tpp_hooks(groups: list[list[Drop]], update: int, stabilise: int, peak_lr: float):
-    """A `hooks(view)` factory for `finetune`."""
-    return lambda view: TPPHooks(view, groups, update, stabilise, peak_lr)

@@ -87,6 +87,13 @@ class TorchView(nn.Module):
         """(ONNX name, Parameter) pairs, in graph order."""
         return ((name, self.weights[key]) for name, key in self.param_keys.items())
 
+    def trained_names(self) -> set[str]:
+        """The ONNX names of the Parameters that require gradients (weights, not statistics or bounds)."""
+        return {name for name, p in self.onnx_parameters() if p.requires_grad}
+
+    def trained_parameters(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
     def _fixed_scalars(self) -> dict[str, float]:
         """One-element float constants that are not trained (bounds, statistics), by ONNX name."""
         return {name: float(self.weights[key]) for name, key in self.param_keys.items()
