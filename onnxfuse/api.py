@@ -54,7 +54,6 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     options = pipeline.Options.from_flat(sparsity=sparsity, **options)
     with log.quiet(quiet):
         if options.iterative > 1:
-            options.check()
             ctx = iterate.run_rounds(options, source_of(model))
         else:
             ctx = pipeline.run(pipeline.Context.for_model(options, source_of(model)))
@@ -72,7 +71,7 @@ def finetune(teacher: ModelLike, student: ModelLike, *, train_data: str, device:
     on the inputs in `train_data`; returns the best validated student and a report (steps, seconds,
     loss curve, validation before and after). Options: the fields of `training.options.TrainOptions`
     (train_steps, batch, lr, optimizer, temperature, val_data, checkpoint, resume, ...)."""
-    options = TrainOptions(train_data=train_data, **{k: tuple(v) if k == "logits" else v for k, v in options.items()})
+    options = TrainOptions.from_flat(train_data=train_data, **options)
     options.check()
     with log.quiet(quiet):
         run = load_finetune()

@@ -14,6 +14,7 @@ from .runner import run
 
 
 def run_rounds(options: Options, source) -> Context:
+    options.check()  # each round checks itself as a single round: what only iterative needs is checked here
     rounds, carried, first, ctx = [], 0, None, None
     share, extra = divmod(options.train.train_steps, options.iterative)
     kept_before = 1.0  # of the channels, or with a MAC target of the original's MACs (as measured)

@@ -79,8 +79,6 @@ class Options:
     repair: str = option("auto", "repair with the calibration data (auto: lsq with --calib, else none)",
                          choices=repair_choices)
     train: TrainOptions = option(TrainOptions, "", cli=False)  # flattened: --train-data, --train-steps, ...
-    tpp_update: int | None = option(None, "method tpp: steps of the update phase (default: half of --train-steps)",
-                                    type=int, metavar="N")
     iterative: int = option(1, "shrink in K rounds, each to the next step of the schedule and distilled "
                             "(needs --train-data)", type="positive_int", metavar="K")
     stop: str = option("fixed", "when a round's distillation ends: fixed (an equal share of --train-steps, unused "
@@ -88,11 +86,13 @@ class Options:
                        choices=STOPS)
     icp_eps: float | None = option(None, "icp: the distance that ends a round (default: 3x the original's own "
                                    "distance between two halves of the calibration data)", type=float, metavar="E")
+    tpp_update: int | None = option(None, "method tpp: steps of the update phase (default: half of --train-steps)",
+                                    type=int, metavar="N")
+    tpp_stabilise: int | None = option(None, "method tpp: steps of the stabilise phase (default: a fifth of "
+                                       "--train-steps); the rest distils the pruned model", type=int, metavar="N")
     sdprun_c: float | None = option(None, "method sdprun: gRDA's c (default: from the plan, so that about the "
                                     "planned channels reach zero within the steps)", type=float, metavar="C")
     sdprun_mu: float = option(0.51, "method sdprun: gRDA's exponent mu", type=float, metavar="MU")
-    tpp_stabilise: int | None = option(None, "method tpp: steps of the stabilise phase (default: a fifth of "
-                                       "--train-steps); the rest distils the pruned model", type=int, metavar="N")
 
     @classmethod
     def from_flat(cls, **options) -> Options:
@@ -104,6 +104,7 @@ class Options:
             fusion[key.removeprefix("ot_")] = options.pop(key)
         train_fields = {f.name for f in dataclasses.fields(TrainOptions)}
         train = {k: options.pop(k) for k in [k for k in options if k in train_fields]}
+        train = TrainOptions.from_flat(**train)
         known = {f.name for f in dataclasses.fields(cls)} - {"fusion", "train"}
         known_fusion = {f.name for f in dataclasses.fields(FusionOptions)}
         unknown = sorted(set(options) - known) + sorted(set(fusion) - known_fusion)
@@ -112,11 +113,9 @@ class Options:
         for key in ("ignore", "input_shape"):
             if key in options:
                 options[key] = tuple(options[key])
-        if "logits" in train:
-            train["logits"] = tuple(train["logits"])
         if options.get("preprocess", ...) is None:
             del options["preprocess"]
-        return cls(fusion=FusionOptions(**fusion), train=TrainOptions(**train), **options)
+        return cls(fusion=FusionOptions(**fusion), train=train, **options)
 
     def check(self) -> None:
         self.with_defaults()._check()
@@ -136,7 +135,8 @@ class Options:
         if self.target_latency is not None and (self.target_macs is not None or self.allocate != "uniform"):
             raise OnnxfuseError("target-latency cannot be combined with target-macs or allocate sensitivity")
         self._check_quality_target()
-        for name, value in (("latency-batch", self.latency_batch), ("calib-samples", self.calib_samples)):
+        for name, value in (("latency-batch", self.latency_batch), ("calib-samples", self.calib_samples),
+                            ("iterative", self.iterative)):
             if not positive_int(value):
                 raise OnnxfuseError(f"{name} must be a positive integer, got {value}")
         self.preprocess.check()

@@ -49,6 +49,13 @@ class TrainOptions:
                                    metavar="N")
     resume: bool = option(False, "continue from the checkpoint", action="store_true")
 
+    @classmethod
+    def from_flat(cls, **options) -> TrainOptions:
+        """From keyword arguments as the API takes them (`logits` any sequence)."""
+        if "logits" in options:
+            options["logits"] = tuple(options["logits"])
+        return cls(**options)
+
     @property
     def peak_lr(self) -> float:
         return DEFAULT_LR[self.optimizer] if self.lr is None else self.lr
