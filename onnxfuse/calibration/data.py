@@ -101,13 +101,13 @@ def load_npz(path: str | Path, model: onnx.ModelProto, labels_key: str = "labels
         raise OnnxfuseError(f"{path}: no array for model input(s) {', '.join(missing)} "
                             f"(found {', '.join(sorted(arrays)) or 'none'})")
     for spec in specs:
-        check_array(path, spec, arrays[spec.name])
+        _check_array(path, spec, arrays[spec.name])
     feeds = {s.name: arrays[s.name] if mmap else _conform(arrays[s.name], s.dtype) for s in specs}
     sizes = {len(v) for v in feeds.values()}
     if len(sizes) != 1 or 0 in sizes:
         raise OnnxfuseError(f"{path}: input arrays have different or zero lengths {sorted(sizes)}")
     if labels is not None:
-        labels = check_labels(path, labels, sizes.pop())
+        labels = _check_labels(path, labels, sizes.pop())
     return Dataset(feeds, labels)
 
 
@@ -193,7 +193,7 @@ def _conform(array: np.ndarray, dtype: np.dtype) -> np.ndarray:
     return array if array.dtype == dtype else array.astype(dtype)
 
 
-def check_array(path: Path, spec: InputSpec, array: np.ndarray) -> None:
+def _check_array(path: Path, spec: InputSpec, array: np.ndarray) -> None:
     """`array` (all samples of input `spec`) fits the model input in rank, static sizes and dtype kind."""
     if array.ndim != len(spec.shape):
         raise OnnxfuseError(f"{path}: array {spec.name!r} has shape {array.shape}, "
@@ -207,7 +207,7 @@ def check_array(path: Path, spec: InputSpec, array: np.ndarray) -> None:
         raise OnnxfuseError(f"{path}: array {spec.name!r} has dtype {array.dtype}, model expects {spec.dtype}")
 
 
-def check_labels(path: Path, labels: np.ndarray, n: int) -> np.ndarray:
+def _check_labels(path: Path, labels: np.ndarray, n: int) -> np.ndarray:
     if labels.ndim != 1 or labels.dtype.kind not in "iu" or len(labels) != n:
         raise OnnxfuseError(f"{path}: labels must be {n} integers, got shape {labels.shape} {labels.dtype}")
     return labels.astype(np.int64)
