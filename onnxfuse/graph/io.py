@@ -217,8 +217,9 @@ def check_output_path(path: Path, input_path: str | os.PathLike | None) -> None:
         raise OnnxfuseError(f"{path.parent}: output directory is not writable")
     try:  # permissions do not tell all (root, read-only mounts, pseudo file systems): try it
         temps: list[str] = []
-        _temp_file(path, temps)
-        _unlink(temps)
+        with interrupts_held():  # the probe file goes again whatever comes between
+            _temp_file(path, temps)
+            _unlink(temps)
     except OSError as exc:
         raise OnnxfuseError(f"{path.parent}: output directory is not writable ({exc.strerror or exc})") from None
 
