@@ -44,6 +44,8 @@ VARIANTS = {  # in the order they are measured: the rows the issue asks for firs
     "uniform allocation": dict(allocate="uniform"),
     "fuse": dict(method="fuse"),
     "act importance": dict(importance="act"),
+    "stream importance": dict(importance="stream"),  # signal on residual streams, L1 elsewhere
+    "signal importance": dict(importance="signal"),
     "64 samples": dict(calib_samples=64),  # thin calibration: 64 images drawn with the seed, not 256
 }
 

@@ -1,6 +1,7 @@
 import onnx_graphsurgeon as gs
 
 from onnxfuse.calibration.capture import activation_space, channel_stats, sampled_activations
+from onnxfuse.calibration.estimate import estimated_stats
 from onnxfuse.graph.convert import runnable
 from onnxfuse.methods import METHODS
 from onnxfuse.methods.importance import IMPORTANCES
@@ -11,7 +12,8 @@ from onnxfuse.pipeline.contract import Pass, register_pass
 class Capture(Pass):
     """With calibration data: the activations that the importance and the method declare they need
     (mean |activation| per channel, sampled activations), read from the normalised original model in
-    one pass per kind."""
+    one pass per kind. Without data, an importance that takes estimates gets the mean |activation|
+    estimated from the weights."""
 
     name = "capture"
     requires = ("model.graph", "model.analysis")
@@ -27,10 +29,12 @@ class Capture(Pass):
         spaces = {group.id: activation_space(group, variables) for group in model.analysis.prunable}
         tensors = {space[0]: space[1] for space in spaces.values()}
         if wants_activity:
-            stats = channel_stats(runnable_model, cal.calib, tensors, label="activation statistics")
+            stats = (channel_stats(runnable_model, cal.calib, tensors, label="activation statistics") if cal.calib
+                     else estimated_stats(model.graph, tensors))
             for group in model.analysis.prunable:
                 space = spaces[group.id]
-                cal.activity[group.id] = stats[space[0]].abs_mean[group.positions[space]].mean(axis=1)
+                if space[0] in stats:
+                    cal.activity[group.id] = stats[space[0]].abs_mean[group.positions[space]].mean(axis=1)
         if wants_features:
             acts = sampled_activations(runnable_model, cal.calib, tensors, seed=opts.seed)
             for group in model.analysis.prunable:

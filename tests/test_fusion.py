@@ -27,19 +27,20 @@ def _images(n=64):
     return np.load(EVAL)["input"][:n].astype(np.float32)
 
 
-def widened_tinyres(alpha: float = 0.9) -> onnx.ModelProto:
+def widened_tinyres(alpha: float = 0.9, rank_copies: bool = True) -> onnx.ModelProto:
     """The trained tinyres with its last conv group (down2 → flatten → fc) doubled: channel
     c + 32 is an exact copy of channel c, and the fc columns of c are split alpha : 1 − alpha
     between the copies, so the function is unchanged. Before that, each channel is rescaled
     (weights and bias by 1/s, its fc columns by s; exact through the ReLU) to a producer L1 norm
-    of 1, so that magnitude importance ranks every first copy above every second copy."""
+    of 1, so that magnitude importance ranks every first copy above every second copy
+    (`rank_copies`; without it both copies of a strong channel outrank weak channels)."""
     model = onnx.load(FOLDED)
     inits = {t.name: t for t in model.graph.initializer}
     conv = next(n for n in model.graph.node if n.name == "/down2/down2.0/Conv")
     gemm = next(n for n in model.graph.node if n.name == "/fc/Gemm")
     w, b = (numpy_helper.to_array(inits[name]) for name in conv.input[1:3])
     fc = numpy_helper.to_array(inits[gemm.input[1]])  # (10, 32·49), transB = 1
-    s = np.abs(w).reshape(len(w), -1).sum(1)
+    s = np.abs(w).reshape(len(w), -1).sum(1) if rank_copies else np.ones(len(w))
     w, b = w / s[:, None, None, None], b / s
     cols = fc.reshape(10, len(w), -1) * s[None, :, None]
     new = {conv.input[1]: np.concatenate([w, w]), conv.input[2]: np.concatenate([b, b]),
@@ -78,6 +79,25 @@ def test_fusion_pairs_every_channel_with_its_copy(widened):
     assert list(gmap.kept) == list(range(32))  # every first copy is kept
     target = gmap.consumer.argmax(axis=0)  # where each of the 64 channels sends its mass
     assert list(target) == list(range(32)) * 2
+
+
+def test_covering_keeps_one_copy_of_each_channel():
+    """When importance ranks both copies of strong channels above weak ones, the top-m choice keeps
+    both copies and merges distinct channels away; `--fuse-keep cover` keeps one of each pair, so
+    merging the exact duplicates reproduces the outputs."""
+    model = widened_tinyres(alpha=0.5, rank_copies=False)
+    want = run(model, _images())[0]
+    results = {}
+    for keep in ("top", "cover"):
+        options = pipeline.Options(sparsity=0.5, method="fuse", ignore=tuple(OTHER_GROUPS),
+                                   fusion=FusionOptions(normalization="average", keep=keep))
+        ctx = pipeline.run(pipeline.Context.for_model(options, model))
+        [group] = ctx.model.analysis.prunable
+        results[keep] = (set(ctx.decisions.maps[group.id].kept % 32), ctx.model.result)
+    assert len(results["top"][0]) < 32  # both copies of some channel kept: the case this is for
+    assert np.abs(run(results["top"][1], _images())[0] - want).max() > 1e-2
+    assert results["cover"][0] == set(range(32))
+    np.testing.assert_allclose(run(results["cover"][1], _images())[0], want, atol=1e-4)
 
 
 def test_pruning_duplicates_is_not_exact(widened):

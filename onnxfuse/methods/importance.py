@@ -26,17 +26,20 @@ Scorer = Callable[..., np.ndarray]  # (group, tensors, seed=, activity=) -> (wid
 class Importance:
     score: Scorer
     needs_activity: bool = False  # the capture pass measures mean |activation| per channel for it
+    estimates_activity: bool = False  # without data, it takes the data-free estimate (calibration/estimate.py)
 
 
 IMPORTANCES: Registry[Importance] = Registry("importance")
 
 
-def register_importance(name: str, *, needs_activity: bool = False, replace: bool = False):
+def register_importance(name: str, *, needs_activity: bool = False, estimates_activity: bool = False,
+                        replace: bool = False):
     """Decorator: `score(group, tensors, seed=0, activity=None, **_) -> (width,) array` as the
     importance `name`; higher means kept. `needs_activity`: the criterion reads calibration
-    activations (`activity`, the group's mean |activation| per channel)."""
+    activations (`activity`, the group's mean |activation| per channel); `estimates_activity`:
+    without calibration data it reads their data-free estimate instead."""
     def wrap(score: Scorer) -> Scorer:
-        IMPORTANCES.add(name, Importance(score, needs_activity), replace)
+        IMPORTANCES.add(name, Importance(score, needs_activity, estimates_activity), replace)
         return score
     return wrap
 
@@ -121,3 +124,28 @@ def act(group: Group, tensors, seed: int = 0, activity: np.ndarray | None = None
     if activity is None:
         raise OnnxfuseError("importance act needs calibration data (--calib)")
     return _normalise(np.asarray(activity, dtype=np.float64))
+
+
+@register_importance("signal", needs_activity=True, estimates_activity=True)
+def signal(group: Group, tensors, seed: int = 0, activity: np.ndarray | None = None, **_) -> np.ndarray:
+    """What a channel sends on: its mean |activation| times the L1 norm of the consumer columns
+    that read it (the first-order change of the consumers' outputs when it is removed; Wanda's
+    |w|·‖x‖ summed per channel). The activation is measured on the calibration data, or without
+    data estimated from the weights (calibration/estimate.py); a group with neither is scored by L1."""
+    if activity is None:
+        return l1(group, tensors)
+    columns = [np.abs(rows).sum(axis=(1, 2)) for _, rows in member_rows(group, tensors, roles=("consumer",))]
+    reads = np.mean(columns, axis=0) if columns else np.ones(group.width)
+    return _normalise(np.asarray(activity, dtype=np.float64) * reads)
+
+
+def is_residual_stream(group: Group) -> bool:
+    """Several producers write the group's channels: they meet in residual adds."""
+    return len(group.nodes("producer")) > 1
+
+
+@register_importance("stream", needs_activity=True, estimates_activity=True)
+def stream(group: Group, tensors, seed: int = 0, activity: np.ndarray | None = None, **_) -> np.ndarray:
+    """`signal` for residual streams, where a channel's weights say little about what the sum
+    carries; L1 for every other group."""
+    return signal(group, tensors, activity=activity) if is_residual_stream(group) else l1(group, tensors)

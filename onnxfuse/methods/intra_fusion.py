@@ -5,6 +5,9 @@ For a group of width n keeping the m most important channels:
             scaled to unit L2 norm; or, with calibration data, the channel's activations on
             sampled inputs and positions (or both, each part unit-normalised);
   cost      pairwise L^p distance between all n channels and the m kept ones (n × m);
+  kept      the m most important channels (`--fuse-keep top`), or m channels that cover the group
+            (`cover`: importance-weighted k-medoids on the same cost, so two copies of a channel
+            are not both kept while a distinct one is merged away);
   plan      G = OT(a, b, cost), exact EMD by default (Sinkhorn optional), uniform or
             importance-weighted marginals;
   map       T = Gᵀ with every column normalised to 1 (each channel hands on all of its mass).
@@ -34,10 +37,12 @@ from ..analysis.channels import Group, member_rows
 from ..errors import OnnxfuseError
 from ..fields import option
 from .channelmap import GroupMap
-from .ot import MARGINALS, SOLVERS, transport_plan, unit_rows
+from .ot import MARGINALS, SOLVERS, pairwise_cost, transport_plan, unit_rows
 from .registry import register_method
 
 NORMALIZATIONS = ("reference", "average", "rescale")
+KEEPS = ("top", "cover")
+SWAP_ROUNDS = 10
 FEATURES = ("weights", "activations", "both")
 
 
@@ -52,10 +57,13 @@ class FusionOptions:
     features: str = option("auto", "OT cost from weights, calibration activations (needs --calib) or both "
                            "(auto: both with --calib, else weights)", flag="--ot-features",
                            choices=("auto",) + FEATURES)
+    keep: str = option("top", "which channels survive a merge: the most important (top) or m that cover the "
+                       "group (importance-weighted k-medoids on the OT cost)", flag="--fuse-keep", choices=KEEPS)
 
     def check(self) -> None:
         for value, allowed, what in ((self.normalization, NORMALIZATIONS, "normalization"),
                                      (self.features, FEATURES, "OT features"),
+                                     (self.keep, KEEPS, "fuse-keep"),
                                      (self.solver, SOLVERS, "OT solver"),
                                      (self.marginals, MARGINALS, "marginals"),
                                      (self.p, (1, 2), "OT ground metric p")):
@@ -82,6 +90,8 @@ def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, sc
         features = activations
     else:
         features = np.concatenate([unit_rows(weights), unit_rows(activations)], axis=1)
+    if options.keep == "cover":
+        kept = covering_channels(features, len(kept), scores, options.p)
     plan = transport_plan(features, kept, scores, options)  # (n, m)
     t = plan.T / np.maximum(plan.T.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
     average = t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)  # rows sum to 1
@@ -91,6 +101,38 @@ def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, sc
         producer = average * _norm_restoring_scale(average, producer_features)[:, None]
         return GroupMap(kept, producer=producer, consumer=t, param=average, shift=average)
     return GroupMap(kept, producer=average, consumer=t, param=average)
+
+
+def covering_channels(features: np.ndarray, count: int, scores: np.ndarray, p: int) -> np.ndarray:
+    """`count` channels that minimise Σ_i score_i · min_k cost(i, k) (weighted k-medoids on the OT
+    cost between unit feature rows): a greedy build, each step adding the channel that lowers the
+    sum most (ties to the more important), then rounds of moving each medoid to the member of its
+    cluster that serves the cluster best, until nothing moves."""
+    unit = unit_rows(np.asarray(features, dtype=np.float32))
+    cost = pairwise_cost(unit, unit, p)
+    weights = np.maximum(np.asarray(scores, dtype=np.float64), 0) + 1e-12
+    served = np.full(len(unit), np.inf)
+    chosen: list[int] = []
+    for _ in range(count):
+        gain = (weights[:, None] * np.maximum(np.minimum(served, cost.max() + 1)[:, None] - cost, 0)).sum(0)
+        gain[chosen] = -1
+        best = int(np.lexsort((-weights, -gain))[0])
+        chosen.append(best)
+        served = np.minimum(served, cost[:, best])
+    kept = np.array(chosen)
+    for _ in range(SWAP_ROUNDS):
+        cluster = np.argmin(cost[:, kept], axis=1)
+        moved = kept.copy()
+        for k in range(len(kept)):
+            members = np.flatnonzero(cluster == k)
+            if not len(members):  # a copy of another medoid: nothing is nearer to it
+                continue
+            within = (weights[members, None] * cost[np.ix_(members, members)]).sum(0)
+            moved[k] = members[np.lexsort((-weights[members], within))[0]]
+        if np.array_equal(np.sort(moved), np.sort(kept)):
+            break
+        kept = moved
+    return np.sort(kept)
 
 
 def member_features(group: Group, tensors, roles: tuple[str, ...]) -> np.ndarray:

@@ -97,11 +97,11 @@ class Options:
     @classmethod
     def from_flat(cls, **options) -> Options:
         """Options from flat keyword arguments: the fields of Options, the fusion options as
-        `normalization` and `ot_p`, `ot_solver`, `ot_reg`, `ot_marginals`, `ot_features`, and the
+        `normalization`, `fuse_keep` and `ot_p`, `ot_solver`, `ot_reg`, `ot_marginals`, `ot_features`, and the
         fields of TrainOptions (`train_data`, `train_steps`, ...)."""
         fusion = {}
-        for key in [k for k in options if k == "normalization" or k.startswith("ot_")]:
-            fusion[key.removeprefix("ot_")] = options.pop(key)
+        for key in [k for k in options if k == "normalization" or k.startswith(("ot_", "fuse_"))]:
+            fusion[key.removeprefix("ot_").removeprefix("fuse_")] = options.pop(key)
         train_fields = {f.name for f in dataclasses.fields(TrainOptions)}
         train = {k: options.pop(k) for k in [k for k in options if k in train_fields]}
         train = TrainOptions.from_flat(**train)
@@ -210,7 +210,8 @@ class Options:
             raise OnnxfuseError(f"method {self.method} trains the model: give --train-data")
         if self.calib:
             return
-        if IMPORTANCES.get(self.importance).needs_activity:
+        importance = IMPORTANCES.get(self.importance)
+        if importance.needs_activity and not importance.estimates_activity:
             raise OnnxfuseError(f"importance {self.importance} needs calibration data (--calib)")
         if METHODS.get(self.method).needs_activations(self):
             raise OnnxfuseError(f"OT features {self.fusion.features!r} need calibration data (--calib)")
