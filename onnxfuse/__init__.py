@@ -7,7 +7,8 @@ import os as _os
 _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from .analysis.rules import register_op_rule
-from .api import bench, compress, finetune, inspect, make_calibration, make_synthetic_calibration, sweep, validate
+from .api import (bench, compress, finetune, inspect, make_calibration, make_synthetic_calibration, merge, sweep,
+                  validate)
 from .errors import OnnxfuseError
 from .methods import register_method
 from .methods.importance import register_importance
@@ -16,6 +17,6 @@ from .repair import register_repair
 from .training import register_training_method
 from .version import __version__
 
-__all__ = ["OnnxfuseError", "__version__", "bench", "compress", "finetune", "inspect", "make_calibration",
+__all__ = ["OnnxfuseError", "__version__", "bench", "compress", "finetune", "inspect", "make_calibration", "merge",
            "make_synthetic_calibration", "register_importance", "register_method", "register_op_rule",
            "register_pass", "register_repair", "register_training_method", "sweep", "validate"]

@@ -1,4 +1,4 @@
-"""Command line: onnxfuse compress | finetune | inspect | validate | bench | sweep | calib make | calib synth.
+"""Command line: onnxfuse compress | finetune | merge | inspect | validate | bench | sweep | calib make | calib synth.
 
 The arguments of `compress` are generated from the fields of `pipeline.Options` (their flag, help,
 choices, type, metavar and action metadata) and of `FusionOptions`; the
@@ -52,6 +52,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     _add_compress(command("compress", "compress a model"))
     _add_finetune(command("finetune", "train a compressed model by distillation from the original"))
+    _add_merge(command("merge", "fuse models of one architecture into one (OT alignment, then averaging)"))
     _add_inspect(command("inspect", "list the channel groups"))
     _add_validate(command("validate", "compare two models in ONNX Runtime"))
     _add_bench(command("bench", "latency and throughput of two models in ONNX Runtime"))
@@ -93,6 +94,33 @@ def _add_finetune(f: argparse.ArgumentParser) -> None:
     f.add_argument("--report", help="write the report as JSON")
     _add_preprocess_options(f)
     f.set_defaults(option_dests=tuple(dests))
+
+
+def _add_merge(m: argparse.ArgumentParser) -> None:
+    from .methods.merge import ALIGNS, ANCHORS
+
+    m.add_argument("models", nargs="+", metavar="MODEL.onnx", help="two or more models of one architecture")
+    m.add_argument("-o", "--output", required=True)
+    _add_shared(m, "calib", help="calibration inputs (.npz or image folder) for --align activations")
+    _add_shared(m, "calib_samples")
+    m.add_argument("--align", choices=ALIGNS, default="activations",
+                   help="match channels by their activations on --calib (default) or by their weights")
+    m.add_argument("--weights", type=_weight_list, metavar="W,W[,...]", help="one weight per model in the average "
+                   "(default: equal)")
+    m.add_argument("--anchor", choices=ANCHORS, default="first", help="the model whose channel order is kept")
+    _add_shared(m, "data", help=".npz inputs (labels optional) on which each model, the merged one and the plain "
+                "average are scored")
+    for name in ("labels_key", "fold_bn", "seed"):
+        _add_shared(m, name)
+    m.add_argument("--report", help="write the report as JSON")
+    _add_preprocess_options(m)
+
+
+def _weight_list(text: str) -> list[float]:
+    try:
+        return [float(part) for part in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
 
 
 def _add_train_options(p) -> list[str]:
@@ -368,6 +396,22 @@ def _inspect(args) -> int:
     return 0
 
 
+def _merge(args) -> int:
+    out = Path(args.output)
+    for source in [*args.models, args.calib, args.data]:
+        if source:
+            check_output_path(out, source)
+    model, report = api.merge(args.models, calib=args.calib, align=args.align, weights=args.weights,
+                              anchor=args.anchor, data=args.data, labels_key=args.labels_key,
+                              calib_samples=args.calib_samples, fold_bn=args.fold_bn, seed=args.seed,
+                              preprocess=_preprocess(args))
+    if args.report:
+        write_report(report, args.report)
+    save_model(model, args.output, input_path=args.models[0])
+    log.info(json.dumps({k: v for k, v in report.items() if k in ("unmoved_share", "scores")}))
+    return 0
+
+
 def _validate(args) -> int:
     report = api.validate(args.original, args.compressed, data=args.data, labels_key=args.labels_key,
                           device=args.device, input_shape=args.input_shape)
@@ -421,7 +465,7 @@ def _validation_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _compress, "finetune": _finetune, "inspect": _inspect, "validate": _validate, "bench": _bench,
+COMMANDS = {"compress": _compress, "finetune": _finetune, "merge": _merge, "inspect": _inspect, "validate": _validate, "bench": _bench,
             "sweep": _sweep,
             "calib": _calib}
 
