@@ -51,7 +51,7 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     an optimal-transport map), importance, round_to, global_ranking, max_sparsity, target_macs,
     allocate, ignore, fold_bn, calib (an .npz file or a folder of images read with `preprocess`,
     at most `calib_samples` of it, drawn with `seed`), data, labels_key, repair, validate, device,
-    seed, and for fusion normalization, ot_p, ot_solver, ot_reg, ot_marginals, ot_features."""
+    seed, and for fusion normalization, ot_p, ot_solver, ot_reg, ot_marginals, ot_features, fuse_keep."""
     options = pipeline.Options.from_flat(sparsity=sparsity, **options)
     with log.quiet(quiet):
         if options.iterative > 1:
