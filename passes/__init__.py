@@ -1,4 +1,5 @@
 """Pipeline passes, one module per pass (see onnxfuse/pipeline/contract.py): each declares the
 Context fields it requires and provides and registers itself by name."""
 
-from . import analyze, capture, emit, fuse, load, normalize, plan, repair, score, sdprun, tpp, train, validate, warm_up  # noqa: F401
+from . import (analyze, capture, emit, fuse, load, normalize, plan, repair, score, sdprun, split_train, tpp,  # noqa: F401
+               train, validate, warm_up)

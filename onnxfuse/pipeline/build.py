@@ -15,4 +15,6 @@ def passes(options: Options) -> list[Pass]:
     names = list(FLOW)
     for name, after in METHODS.get(options.with_defaults().method).extra_passes:
         names.insert(names.index(after) + 1, name)
+    if options.split_data > 1:
+        names.insert(names.index("train"), "split_train")
     return [PASSES.get(name)() for name in names]

@@ -84,6 +84,9 @@ class Options:
     stop: str = option("fixed", "when a round's distillation ends: fixed (an equal share of --train-steps, unused "
                        "steps carried on) or icp (the information flow matches the original's; needs --calib)",
                        choices=STOPS)
+    split_data: int = option(1, "split-data Prune-and-Fuse: distil K students on disjoint parts of --train-data, "
+                             "merge them with OT, distil the merged one on all of it", type="positive_int",
+                             metavar="K")
     icp_eps: float | None = option(None, "icp: the distance that ends a round (default: 3x the original's own "
                                    "distance between two halves of the calibration data)", type=float, metavar="E")
     tpp_update: int | None = option(None, "method tpp: steps of the update phase (default: half of --train-steps)",
@@ -136,7 +139,7 @@ class Options:
             raise OnnxfuseError("target-latency cannot be combined with target-macs or allocate sensitivity")
         self._check_quality_target()
         for name, value in (("latency-batch", self.latency_batch), ("calib-samples", self.calib_samples),
-                            ("iterative", self.iterative)):
+                            ("iterative", self.iterative), ("split-data", self.split_data)):
             if not positive_int(value):
                 raise OnnxfuseError(f"{name} must be a positive integer, got {value}")
         self.preprocess.check()
@@ -154,11 +157,24 @@ class Options:
             raise OnnxfuseError(f"repair {self.repair} needs calibration data (--calib)")
         self._check_needs()
         self._check_iterative()
+        self._check_split_data()
         if self.method == "tpp":
             update, stabilise = self.tpp_phases
             if update < 1 or stabilise < 0 or update + stabilise > self.train.train_steps:
                 raise OnnxfuseError(f"tpp phases {update} + {stabilise} steps must fit in train-steps "
                                     f"{self.train.train_steps} (update at least 1)")
+
+    def _check_split_data(self) -> None:
+        if self.split_data == 1:
+            return
+        if not self.train.train_data:
+            raise OnnxfuseError("split-data trains a student on each part: give --train-data")
+        if METHODS.get(self.method).needs_train_data or self.iterative > 1:
+            raise OnnxfuseError(f"split-data takes prune or fuse without --iterative, not method {self.method}"
+                                + (" with iterative" if self.iterative > 1 else ""))
+        if self.train.train_steps < 2 * self.split_data:
+            raise OnnxfuseError(f"train-steps {self.train.train_steps} cannot give {self.split_data} students and "
+                                "the merged model a step each")
 
     def _check_iterative(self) -> None:
         if self.stop not in STOPS:

@@ -54,6 +54,11 @@ def summary(report: dict) -> str:
         lines.append("defaults (auto): " + ", ".join(f"{k} {v}" for k, v in report["defaults"].items())
                      + " (docs/defaults.md)")
     lines += _repair_lines(report)
+    if "split_data" in report:
+        split = report["split_data"]
+        unmoved = ", ".join(f"{v:.2f}" for v in split["merge"]["unmoved_share"].values())
+        lines.append(f"split-data: {split['parts']} students, {split['steps_per_part']} steps each on their part, "
+                     f"merged (share of channels the OT left in place: {unmoved})")
     if "iterative" in report:
         lines.append(f"iterative: {len(report['iterative'])} rounds, kept " + ", ".join(
             f"{r['kept']:.3g} in {r['steps']} of {r['budget']} steps" for r in report["iterative"]))

@@ -1,0 +1,47 @@
+"""Split-data Prune-and-Fuse (`compress --split-data K`): K students distilled on disjoint parts,
+merged with OT, the merged one distilled on all inputs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import onnx
+import pytest
+
+pytest.importorskip("torch")
+
+from tests.helpers import run_cli  # noqa: E402
+from tests.tiny_models import assert_user_error  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+TINYRES = ROOT / "models" / "tinyres_fmnist_folded.onnx"
+CALIB = ROOT / "models" / "data" / "fmnist_calib512.npz"
+TRAIN = ROOT / "models" / "data" / "fmnist_train2000.npz"
+
+
+def test_two_students_are_merged_and_the_budget_is_shared(tmp_path, capsys):
+    out = tmp_path / "small.onnx"
+    code, _, err = run_cli(["compress", TINYRES, "-o", out, "--target-macs", "0.5", "--allocate", "uniform",
+                            "--method", "fuse", "--calib", CALIB, "--calib-samples", "64", "--split-data", "2",
+                            "--train-data", TRAIN, "--train-steps", "8", "--batch", "16", "--val-every", "2",
+                            "--val-samples", "32", "--report", tmp_path / "r.json"], capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "r.json").read_text())
+    split = report["split_data"]
+    assert split["parts"] == 2 and split["steps_per_part"] == 2
+    assert [s["steps"] for s in split["students"]] == [2, 2]
+    # each student saw its own half: the held-out slices are disjoint parts of the data
+    assert all(s["samples"] + s["validation_samples"] <= 1000 for s in split["students"])
+    # students of one parent stay aligned: the OT maps are near the identity
+    assert min(split["merge"]["unmoved_share"].values()) > 0.5
+    assert report["train"]["steps"] == 4  # the other half, on all inputs
+    onnx.checker.check_model(str(out), full_check=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.json", "r.md", "small.onnx"]
+
+
+def test_split_data_refusals(tmp_path, capsys):
+    common = ["compress", TINYRES, "-o", tmp_path / "o.onnx", "--split-data", "2"]
+    assert_user_error(common, capsys, tmp_path, "give --train-data")
+    assert_user_error([*common, "--train-data", TRAIN, "--method", "tpp"], capsys, tmp_path, "not method tpp")
+    assert_user_error([*common, "--train-data", TRAIN, "--train-steps", "3"], capsys, tmp_path, "a step each")
