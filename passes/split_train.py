@@ -1,11 +1,14 @@
 import dataclasses
 
 import numpy as np
+import onnx
+from onnx.external_data_helper import load_external_data_for_model
 
 from onnxfuse import scratch
 from onnxfuse.log import info
 from onnxfuse.pipeline.contract import Pass, register_pass
-from onnxfuse.training import load_finetune
+from onnxfuse.scaleout import run_tasks
+from onnxfuse.training import load_training
 from onnxfuse.training.data import load_train_data
 
 
@@ -13,8 +16,8 @@ from onnxfuse.training.data import load_train_data
 class SplitTrain(Pass):
     """Intra-Fusion's split-data Prune-and-Fuse (`--split-data K`): the training inputs split into K
     disjoint parts; the emitted student distilled on each part apart (K students, half of
-    --train-steps shared out among them); the K students merged with OT (methods/merge.py); the
-    train pass then distils the merged student on all inputs for the other half."""
+    --train-steps shared out among them; Ray tasks with --ray); the K students merged with OT
+    (methods/merge.py); the train pass then distils the merged student on all inputs for the other half."""
 
     name = "split_train"
     requires = ("model.original", "model.result")
@@ -23,42 +26,49 @@ class SplitTrain(Pass):
         opts, model = ctx.options, ctx.model
         parts = opts.split_data
         steps = max(1, opts.train.train_steps // (2 * parts))
-        finetune = load_finetune()
-        teacher, path = model.teacher
+        teacher, _ = model.teacher
         data = load_train_data(opts.train.train_data, teacher, opts.labels_key, opts.preprocess)
         order = np.random.default_rng([opts.seed, parts]).permutation(len(data))
-        students, reports = [], []
-        with scratch.run():
-            for k, indices in enumerate(np.array_split(order, parts)):
-                part = scratch.directory() / f"part{k}.npz"
-                indices = np.sort(indices)
-                arrays = {name: np.asarray(values[indices]) for name, values in data.feeds.items()}
-                if data.labels is not None:
-                    arrays[opts.labels_key] = data.labels[indices]
-                np.savez(part, **arrays)
-                info(f"split-data: student {k + 1}/{parts} on {len(indices)} samples")
-                options = dataclasses.replace(opts.train, train_data=str(part), train_steps=steps)
-                student, report = finetune(teacher, model.result, options, device=opts.device, seed=opts.seed + k,
-                                           labels_key=opts.labels_key, preprocess=opts.preprocess,
-                                           teacher_source=path, phase=ctx.phase(f"part{k}"))
-                students.append(student)
-                reports.append(report)
-            merged, merge_report = _merge(students, ctx)
-        model.result = merged
+        task = load_training("split").train_student
+        threads = load_training("split").torch.get_num_threads()
+        options = dataclasses.replace(opts.train, train_steps=steps)
+        teacher_bytes, student_bytes = _serialised(teacher, model.weights_dir), model.result.SerializeToString()
+        arguments = [(teacher_bytes, student_bytes, _part(data, np.sort(indices), opts.labels_key), options,
+                      opts.device, opts.seed + k, opts.labels_key, ctx.phase(f"part{k}"), threads)
+                     for k, indices in enumerate(np.array_split(order, parts))]
+        info(f"split-data: {parts} students, {steps} steps each" + (f", as Ray tasks ({opts.ray})" if opts.ray else ""))
+        results = run_tasks(task, arguments, opts.ray)
+        students = [onnx.load_from_string(trained) for trained, _ in results]
+        model.result, merge_report = _merge(students, ctx)
         ctx.trained_steps += steps * parts
-        ctx.report["split_data"] = {"parts": parts, "steps_per_part": steps, "students": reports,
-                                    "merge": merge_report}
+        ctx.report["split_data"] = {"parts": parts, "steps_per_part": steps, "ray": opts.ray,
+                                    "students": [report for _, report in results], "merge": merge_report}
+
+
+def _part(data, indices: np.ndarray, labels_key: str) -> dict[str, np.ndarray]:
+    arrays = {name: np.asarray(values[indices]) for name, values in data.feeds.items()}
+    if data.labels is not None:
+        arrays[labels_key] = data.labels[indices]
+    return arrays
+
+
+def _serialised(teacher: onnx.ModelProto, weights_dir: str | None) -> bytes:
+    if weights_dir is None:
+        return teacher.SerializeToString()
+    copy = onnx.ModelProto()
+    copy.CopyFrom(teacher)
+    load_external_data_for_model(copy, weights_dir)
+    return copy.SerializeToString()
 
 
 def _merge(students, ctx):
     from onnxfuse.api import merge
 
     calib = ctx.calibration.calib
-    align = "activations" if calib is not None else "weights"
     with scratch.run():
-        calib_path = None
+        path = None
         if calib is not None:
-            calib_path = scratch.directory() / "merge_calib.npz"
-            np.savez(calib_path, **calib.feeds)
-        return merge(students, calib=str(calib_path) if calib_path else None, align=align,
+            path = scratch.directory() / "merge_calib.npz"
+            np.savez(path, **calib.feeds)
+        return merge(students, calib=str(path) if path else None, align="activations" if path else "weights",
                      calib_samples=len(calib) if calib is not None else 256, seed=ctx.options.seed)

@@ -45,3 +45,23 @@ def test_split_data_refusals(tmp_path, capsys):
     assert_user_error(common, capsys, tmp_path, "give --train-data")
     assert_user_error([*common, "--train-data", TRAIN, "--method", "tpp"], capsys, tmp_path, "not method tpp")
     assert_user_error([*common, "--train-data", TRAIN, "--train-steps", "3"], capsys, tmp_path, "a step each")
+
+
+def test_students_as_ray_tasks_give_the_serial_result_byte_for_byte():
+    """A real local Ray cluster (started by the run, two workers on this machine) against no Ray."""
+    pytest.importorskip("ray")
+    import ray
+
+    import onnxfuse
+
+    options = dict(target_macs=0.5, allocate="uniform", method="fuse", calib=str(CALIB), calib_samples=32,
+                   split_data=2, train_data=str(TRAIN), train_steps=4, batch=16, val_every=2, val_samples=32,
+                   validate=False, quiet=True)
+    serial, serial_report = onnxfuse.compress(str(TINYRES), **options)
+    try:
+        parallel, parallel_report = onnxfuse.compress(str(TINYRES), **options, ray="auto")
+        assert ray.is_initialized() and ray.cluster_resources().get("CPU", 0) >= 1
+    finally:
+        ray.shutdown()
+    assert parallel_report["split_data"]["ray"] == "auto"
+    assert parallel.SerializeToString() == serial.SerializeToString()
