@@ -1,4 +1,5 @@
-"""Public API: compress, finetune, merge, inspect, validate, bench, sweep, make_calibration, make_synthetic_calibration."""
+"""Public API: compress, finetune, merge, inspect, validate, bench, sweep, make_calibration,
+make_synthetic_calibration."""
 
 from __future__ import annotations
 
@@ -7,7 +8,6 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-import numpy as np
 import onnx
 
 from . import log, pipeline
@@ -30,6 +30,7 @@ from .graph.metrics import count_macs, count_params
 from .graph.shapes import infer_shapes, mac_graph
 from .methods import METHODS
 from .pipeline import iterate
+from .pipeline.merge import merge_models
 from .reporting.report import write_report, write_text
 from .reporting.summary import group_rows, summary, train_summary
 from .reporting.sweep import check_out_dir, plot, sweep_row, table
@@ -92,65 +93,10 @@ def merge(models: list[ModelLike], *, calib: str | None = None, align: str = "ac
     averaged (`weights`: one per model, default equal). With `data`, the report scores each input
     model, the merged one and the plain average without alignment (accuracy with labels, else
     top-1 agreement with the anchor)."""
-    from .methods import merge as fusion
-
-    if len(models) < 2:
-        raise OnnxfuseError("merge needs two or more models")
-    if align not in fusion.ALIGNS or anchor not in fusion.ANCHORS:
-        raise OnnxfuseError(f"align must be one of {', '.join(fusion.ALIGNS)} and anchor one of "
-                            f"{', '.join(fusion.ANCHORS)}")
-    share = fusion.model_weights(weights, len(models))
     options = pipeline.Options(calib=calib, calib_samples=calib_samples, fold_bn=fold_bn, seed=seed, data=data,
                                labels_key=labels_key, **({"preprocess": preprocess} if preprocess else {}))
-    contexts = [pipeline.run(pipeline.Context.for_model(options, source_of(m)), stop_after="analyze") for m in models]
-    names = [m if isinstance(m, (str, os.PathLike)) else f"model {i + 1}" for i, m in enumerate(models)]
-    members = [fusion.Member(str(n), c.model.graph, c.model.analysis, c.model.original) for n, c in zip(names, contexts)]
-    first = 0 if anchor == "first" else min(range(len(models)), key=lambda i: count_params(members[i].graph))
-    order = [first] + [i for i in range(len(models)) if i != first]
-    lead, others = members[first], [members[i] for i in order[1:]]
-    for other in others:
-        fusion.check_same_architecture(lead, other)
-    if not lead.analysis.prunable:
-        raise OnnxfuseError(f"{lead.name}: no channel group can be aligned (all frozen); see `onnxfuse inspect`")
-    plain = _plain_average(lead, others, [share[i] for i in order]) if data else None
-    stayed = {other.name: fusion.align(lead, other, align, contexts[first].calibration.calib, seed) for other in others}
-    averaged = fusion.average_into(lead, others, [share[i] for i in order])
-    ctx = contexts[first]
-    pipeline.PASSES.get("emit")().run(ctx)
-    report = {"anchor": lead.name, "align": align, "weights": [share[i] for i in order], "constants_averaged": averaged,
-              "groups_aligned": len(lead.analysis.prunable),
-              "groups_frozen": len(lead.analysis.groups) - len(lead.analysis.prunable),
-              "unmoved_share": {name: round(float(np.mean(list(v.values()))), 4) for name, v in stayed.items()}}
-    if data:
-        report["scores"] = _merge_scores(ctx, [contexts[i].model.original for i in order], [names[i] for i in order],
-                                         plain)
-    return ctx.model.result, report
-
-
-def _plain_average(lead, others, share) -> onnx.ModelProto:
-    """The models averaged without alignment (the baseline merging must beat)."""
-    from .graph.convert import runnable
-    from .methods import merge as fusion
-
-    copies = [fusion.Member(m.name, m.graph.copy(), m.analysis, m.original) for m in [lead, *others]]
-    fusion.average_into(copies[0], copies[1:], share)
-    return runnable(copies[0].graph, lead.original)
-
-
-def _merge_scores(ctx, originals, names, plain) -> dict:
-    from .runtime.sessions import run as run_session, session
-
-    data = ctx.calibration.data
-    anchor_predictions = None
-    scores = {}
-    for name, model in [*zip(map(str, names), originals), ("plain average", plain), ("merged", ctx.model.result)]:
-        predictions = run_session(session(model, "cpu"), data, 256)[0].argmax(1)
-        if anchor_predictions is None:
-            anchor_predictions = predictions
-        want = data.labels if data.labels is not None else anchor_predictions
-        scores[name] = round(float((predictions == want).mean()), 4)
-    scores["metric"] = "accuracy" if data.labels is not None else f"top-1 agreement with {names[0]}"
-    return scores
+    names = [str(m) if isinstance(m, (str, os.PathLike)) else f"model {i + 1}" for i, m in enumerate(models)]
+    return merge_models([(name, source_of(m)) for name, m in zip(names, models)], options, align, weights, anchor)
 
 
 def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,

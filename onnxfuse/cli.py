@@ -465,9 +465,8 @@ def _validation_text(r: dict) -> str:
     return "\n".join(lines)
 
 
-COMMANDS = {"compress": _compress, "finetune": _finetune, "merge": _merge, "inspect": _inspect, "validate": _validate, "bench": _bench,
-            "sweep": _sweep,
-            "calib": _calib}
+COMMANDS = {"compress": _compress, "finetune": _finetune, "merge": _merge, "inspect": _inspect, "validate": _validate,
+            "bench": _bench, "sweep": _sweep, "calib": _calib}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -1,5 +1,20 @@
 """Pipeline passes, one module per pass (see onnxfuse/pipeline/contract.py): each declares the
 Context fields it requires and provides and registers itself by name."""
 
-from . import (analyze, capture, emit, fuse, load, normalize, plan, repair, score, sdprun, split_train, tpp,  # noqa: F401
-               train, validate, warm_up)
+from . import (  # noqa: F401
+               analyze,
+               capture,
+               emit,
+               fuse,
+               load,
+               normalize,
+               plan,
+               repair,
+               score,
+               sdprun,
+               split_train,
+               tpp,
+               train,
+               validate,
+               warm_up,
+)

@@ -7,6 +7,8 @@ from onnx.external_data_helper import load_external_data_for_model
 from onnxfuse import scratch
 from onnxfuse.log import info
 from onnxfuse.pipeline.contract import Pass, register_pass
+from onnxfuse.pipeline.merge import merge_models
+from onnxfuse.pipeline.options import Options
 from onnxfuse.scaleout import run_tasks
 from onnxfuse.training import load_training
 from onnxfuse.training.data import load_train_data
@@ -62,13 +64,13 @@ def _serialised(teacher: onnx.ModelProto, weights_dir: str | None) -> bytes:
 
 
 def _merge(students, ctx):
-    from onnxfuse.api import merge
-
     calib = ctx.calibration.calib
     with scratch.run():
         path = None
         if calib is not None:
             path = scratch.directory() / "merge_calib.npz"
             np.savez(path, **calib.feeds)
-        return merge(students, calib=str(path) if path else None, align="activations" if path else "weights",
-                     calib_samples=len(calib) if calib is not None else 256, seed=ctx.options.seed)
+        options = Options(calib=str(path) if path else None, calib_samples=len(calib) if calib is not None else 256,
+                          seed=ctx.options.seed, fold_bn=ctx.options.fold_bn)
+        return merge_models([(f"student {k + 1}", s) for k, s in enumerate(students)], options,
+                            "activations" if path else "weights", None, "first")

@@ -35,7 +35,7 @@ class Moments:
     abs_mean: np.ndarray
 
     @staticmethod
-    def gaussian(axis: int, mean, var) -> "Moments":
+    def gaussian(axis: int, mean, var) -> Moments:
         mean, var = np.asarray(mean, float), np.maximum(np.asarray(var, float), 0.0)
         return Moments(axis, mean, var, gaussian_abs_mean(mean, var))
 
@@ -149,14 +149,26 @@ def _sigmoid(x):
     return 0.5 * (1 + np.tanh(0.5 * x))
 
 
+def _leaky_relu(alpha):
+    return lambda x: np.where(x > 0, x, alpha * x)
+
+
+def _hard_sigmoid(alpha, beta):
+    return lambda x: np.clip(alpha * x + beta, 0, 1)
+
+
+def _elu(alpha):
+    return lambda x: np.where(x > 0, x, alpha * np.expm1(np.minimum(x, 0)))
+
+
 _ACTIVATIONS = {
     "Relu": lambda n: (lambda x: np.maximum(x, 0)),
-    "LeakyRelu": lambda n: (lambda x, a=n.attrs.get("alpha", 0.01): np.where(x > 0, x, a * x)),
+    "LeakyRelu": lambda n: _leaky_relu(n.attrs.get("alpha", 0.01)),
     "Sigmoid": lambda n: _sigmoid,
     "Tanh": lambda n: np.tanh,
-    "HardSigmoid": lambda n: (lambda x, a=n.attrs.get("alpha", 0.2), b=n.attrs.get("beta", 0.5): np.clip(a * x + b, 0, 1)),
+    "HardSigmoid": lambda n: _hard_sigmoid(n.attrs.get("alpha", 0.2), n.attrs.get("beta", 0.5)),
     "HardSwish": lambda n: (lambda x: x * np.clip(x / 6 + 0.5, 0, 1)),
-    "Elu": lambda n: (lambda x, a=n.attrs.get("alpha", 1.0): np.where(x > 0, x, a * np.expm1(np.minimum(x, 0)))),
+    "Elu": lambda n: _elu(n.attrs.get("alpha", 1.0)),
     "Softplus": lambda n: (lambda x: np.logaddexp(0, x)),
     "Gelu": lambda n: (lambda x: 0.5 * x * (1 + erf(x / np.sqrt(2)))),
 }
@@ -171,8 +183,11 @@ def _activation(node, inputs):
 
 @_rule("Clip")
 def _clip(node, inputs):
-    low = _constant(node.inputs[1]) if len(node.inputs) > 1 and not node.inputs[1].is_empty() else node.attrs.get("min")
-    high = _constant(node.inputs[2]) if len(node.inputs) > 2 and not node.inputs[2].is_empty() else node.attrs.get("max")
+    def bound(index, name):
+        given = len(node.inputs) > index and not node.inputs[index].is_empty()
+        return _constant(node.inputs[index]) if given else node.attrs.get(name)
+
+    low, high = bound(1, "min"), bound(2, "max")
     if not isinstance(inputs[0], Moments):
         return []
     low = -np.inf if low is None else float(np.asarray(low))
@@ -291,7 +306,8 @@ def _concat(node, inputs):
     rank = _rank(node.outputs[0])
     if rank is None or axis % rank != inputs[0].axis % rank:
         return []
-    return [Moments(inputs[0].axis, *(np.concatenate([getattr(m, f) for m in inputs]) for f in ("mean", "var", "abs_mean")))]
+    joined = (np.concatenate([getattr(m, f) for m in inputs]) for f in ("mean", "var", "abs_mean"))
+    return [Moments(inputs[0].axis, *joined)]
 
 
 @_rule("Split")

@@ -134,7 +134,7 @@ def average_into(anchor: Member, others: list[Member], weights: list[float]) -> 
             if not isinstance(tensor, gs.Constant) or tensor.name in done:
                 continue
             done.add(tensor.name)
-            values = [np.asarray(tensor.values)] + [np.asarray(o.graph.nodes[index].inputs[slot].values) for o in others]
+            values = [np.asarray(t.values) for t in [tensor] + [o.graph.nodes[index].inputs[slot] for o in others]]
             if not np.issubdtype(values[0].dtype, np.floating):
                 if any(not np.array_equal(values[0], v) for v in values[1:]):
                     raise OnnxfuseError(f"constant {tensor.name} of node {node.name} differs between the models "

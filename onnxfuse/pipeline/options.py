@@ -87,8 +87,9 @@ class Options:
     split_data: int = option(1, "split-data Prune-and-Fuse: distil K students on disjoint parts of --train-data, "
                              "merge them with OT, distil the merged one on all of it", type="positive_int",
                              metavar="K")
-    ray: str | None = option(None, "run independent work (the students of --split-data) as Ray tasks: auto (a local "
-                             "cluster sized to the machine) or the ADDRESS of a running cluster", metavar="auto|ADDRESS")
+    ray: str | None = option(None, "run independent work (the students of --split-data) as Ray tasks: auto (a "
+                             "local cluster sized to the machine) or the ADDRESS of a running cluster",
+                             metavar="auto|ADDRESS")
     icp_eps: float | None = option(None, "icp: the distance that ends a round (default: 3x the original's own "
                                    "distance between two halves of the calibration data)", type=float, metavar="E")
     tpp_update: int | None = option(None, "method tpp: steps of the update phase (default: half of --train-steps)",

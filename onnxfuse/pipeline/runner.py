@@ -1,19 +1,16 @@
 """Run a pass list over a Context: options resolved (the recipe's defaults, the device's channel
-multiple) and checked once before the first pass, each pass's contract checked, its time recorded,
-and an internal error reported with the pass it came from (a user's OnnxfuseError passes through
-unchanged)."""
+multiple) and checked once before the first pass, then the passes (steps.py)."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Sequence
 
-from ..errors import OnnxfuseError
 from ..planning.probes import Probes
 from .build import passes as build_passes
 from .context import Context
-from .contract import Pass, PassContractError, PassFailed
+from .contract import Pass
 from .defaults import reported_defaults
+from .steps import run_passes
 
 
 def run(ctx: Context, stop_after: str | None = None, passes: Sequence[Pass] | None = None) -> Context:
@@ -26,29 +23,3 @@ def run(ctx: Context, stop_after: str | None = None, passes: Sequence[Pass] | No
     ctx.probes = Probes(ctx, lambda probe, wanted: run_passes(probe, [p for p in pass_list if p.name in wanted]))
     end = names.index(stop_after) + 1 if stop_after is not None else len(pass_list)
     return run_passes(ctx, pass_list[:end])
-
-
-def run_passes(ctx: Context, pass_list: Sequence[Pass]) -> Context:
-    timings = ctx.report.setdefault("seconds", {})
-    done: list[str] = []
-    for p in pass_list:
-        _check(ctx, p, p.requires, "requires", done)
-        start = time.perf_counter()
-        try:
-            p.run(ctx)
-        except (OnnxfuseError, KeyboardInterrupt):
-            raise
-        except Exception as exc:
-            after = f" (after {', '.join(done)})" if done else ""
-            raise PassFailed(f"internal error in pass {p.name}{after}: {type(exc).__name__}: {exc}") from exc
-        timings[p.name] = round(time.perf_counter() - start, 4)
-        _check(ctx, p, p.provides, "provides", done)
-        done.append(p.name)
-    return ctx
-
-
-def _check(ctx: Context, p: Pass, paths: tuple[str, ...], what: str, done: list[str]) -> None:
-    missing = [path for path in paths if ctx.field_value(path) is None]
-    if missing:
-        verb = "requires" if what == "requires" else "did not provide"
-        raise PassContractError(f"pass {p.name} {verb} {', '.join(missing)} (passes run: {', '.join(done) or 'none'})")
