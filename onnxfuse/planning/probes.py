@@ -25,6 +25,8 @@ HELD_OUT_DIVISOR = 4  # a quarter of the calibration samples judge the probes: a
 DAMAGE_PASSES = ("plan", "fuse", "repair")
 PRUNED_PASSES = ("score", "plan", "fuse", "emit")
 COMPRESSED_PASSES = ("plan", "fuse", "repair", "emit")
+PROBE_REPAIR = {"select": "lsq"}  # a damage probe compares plans; the repair's own held-out choice would
+# cost three refits per probe and judge on a quarter of the probe's quarter
 
 
 class Probes:
@@ -40,7 +42,8 @@ class Probes:
         ctx = self._ctx
         fit, held_out = ctx.calibration.calib.split(HELD_OUT_DIVISOR, PROBE_SAMPLES)
         options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
-                                      min_agreement=None, max_accuracy_drop=None, validate=False, **changes)
+                                      min_agreement=None, max_accuracy_drop=None, validate=False,
+                                      repair=PROBE_REPAIR.get(ctx.options.repair, ctx.options.repair), **changes)
         probe = self._fork(options, dataclasses.replace(ctx.calibration, calib=fit), only_groups, fixed_counts)
         probe = self._run(probe, DAMAGE_PASSES)
         return output_damage(ctx.model.model_source, runnable(probe.model.graph, ctx.model.original), held_out)

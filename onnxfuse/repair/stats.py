@@ -9,6 +9,8 @@ one at a time in graph order, each measured after everything upstream of it was 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import onnx_graphsurgeon as gs
 
@@ -27,22 +29,42 @@ def producer_members(group: Group) -> list[Member]:
     return [m for m in group.members if m.role == "producer" and m.scored]
 
 
+@dataclass(frozen=True)
+class Unit:
+    """One producer output to correct, with its channels' statistics in the original model."""
+    order: int
+    space: tuple[str, int]
+    group: Group
+    target: ChannelStats
+
+
 @register_repair("stats")
 def repair_stats(job: RepairJob) -> list[dict]:
+    report = []
+    for unit in progress(stats_units(job), desc="stats repair"):
+        try:
+            report.append(correct_unit(job, unit))
+        except NotImplementedError as exc:
+            warning(f"repair skipped for {unit.space[0]}: {exc}")
+    return report
+
+
+def stats_units(job: RepairJob) -> list[Unit]:
+    """Every scored producer of a mapped group, in graph order, its targets measured on job.data."""
     graph, analysis, space_maps = job.graph, job.analysis, job.space_maps
     order = {node.name: i for i, node in enumerate(graph.nodes)}
     units = sorted(((order.get(m.node, 0), m.space, analysis.groups[gid]) for gid in space_maps.maps
                     for m in producer_members(analysis.groups[gid])), key=lambda u: u[0])
     before = channel_stats(job.original, job.data, {space[0]: space[1] for _, space, _ in units},
                            label="original statistics")
-    report = []
-    for _, space, group in progress(units, desc="stats repair"):
-        current = channel_stats(runnable(graph, job.like), job.data, {space[0]: space[1]}, label=None)[space[0]]
-        try:
-            report.append(_correct(graph, analysis, space_maps, group, space, before[space[0]], current))
-        except NotImplementedError as exc:
-            warning(f"repair skipped for {space[0]}: {exc}")
-    return report
+    return [Unit(i, space, group, before[space[0]]) for i, space, group in units]
+
+
+def correct_unit(job: RepairJob, unit: Unit) -> dict:
+    """Measure the unit's channels in the present graph on job.data and correct them (in place)."""
+    space = unit.space
+    current = channel_stats(runnable(job.graph, job.like), job.data, {space[0]: space[1]}, label=None)[space[0]]
+    return _correct(job.graph, job.analysis, job.space_maps, unit.group, space, unit.target, current)
 
 
 def _correct(graph, analysis, space_maps, group, space, before: ChannelStats, now: ChannelStats) -> dict:

@@ -119,8 +119,17 @@ def _alignment_hint(report: dict) -> list[str]:
 
 def _repair_lines(report: dict) -> list[str]:
     """What the repair step recovered: its own fit per group/consumer, and agreement before it."""
-    lines, steps = [], report.get("repair") or []
-    if steps and "output_error_before" in steps[0]:
+    lines, rows = [], report.get("repair") or []
+    chosen = [r for r in rows if "choice" in r]
+    lines += [_select_line(row) for row in chosen]
+    fits = [r for r in rows if "output_error_before" in r]
+    stats = [r for r in rows if "std_error_before" in r]
+    if stats:
+        error = np.mean([s["std_error_before"] for s in stats])
+        lines.append(f"stats repair: {len(stats)} groups; the new channels' std was off its target by "
+                     f"{100 * error:.0f}% on average, matched after")
+    if fits:
+        steps = fits
         refit = [s for s in steps if s.get("refit", True)]
         before, after = (np.mean([s[key] for s in steps]) for key in ("output_error_before", "output_error_after"))
         thin = min(s["rows"] / s["columns"] for s in steps)
@@ -132,12 +141,8 @@ def _repair_lines(report: dict) -> list[str]:
         if held:
             lines.append("  on held-out folds: " + f"{np.mean([s['held_out_error_before'] for s in held]):.3f} -> "
                          f"{np.mean([min(s['held_out_error_refit'], s['held_out_error_before']) for s in held]):.3f}")
-    elif steps and "std_error_before" in steps[0]:
-        error = np.mean([s["std_error_before"] for s in steps])
-        lines.append(f"stats repair: {len(steps)} groups; the new channels' std was off its target by "
-                     f"{100 * error:.0f}% on average, matched after")
-    elif steps:
-        lines.append(f"{report['options']['repair']} repair: {len(steps)} steps")
+    elif rows and not (chosen or stats):
+        lines.append(f"{report['options']['repair']} repair: {len(rows)} steps")
     before = report.get("validation_before_repair")
     if before and "top1_agreement" in before:
         line = f"before repair: top-1 agreement {100 * before['top1_agreement']:.1f}%"
@@ -145,6 +150,14 @@ def _repair_lines(report: dict) -> list[str]:
             line += f", accuracy {100 * before['accuracy_compressed']:.2f}%"
         lines.append(line)
     return lines
+
+
+def _select_line(row: dict) -> str:
+    damage = ", ".join(f"{name} {value:.4f}" for name, value in row.get("held_out_damage", {}).items())
+    if not damage:
+        return f"select repair: {row['choice']} ({row.get('reason', '')})"
+    return (f"select repair: {row['choice']} (held-out output damage: {damage}; statistics kept for "
+            f"{len(row['stats_kept'])} producers)")
 
 
 def _ratio(after: int, before: int) -> str:
