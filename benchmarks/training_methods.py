@@ -30,10 +30,10 @@ VARIANTS = {
     "fuse + distil": dict(method="fuse"),
     "tpp": dict(method="tpp"),
     "sdprun": dict(method="sdprun"),
-    "iterative prune, fixed": dict(method="prune", iterative=ROUNDS),
-    "iterative prune, icp": dict(method="prune", iterative=ROUNDS, stop="icp"),
-    "iterative fuse, fixed": dict(method="fuse", iterative=ROUNDS),
-    "iterative fuse, icp": dict(method="fuse", iterative=ROUNDS, stop="icp"),
+    "iterative prune (fixed)": dict(method="prune", iterative=ROUNDS),
+    "iterative prune (icp)": dict(method="prune", iterative=ROUNDS, stop="icp"),
+    "iterative fuse (fixed)": dict(method="fuse", iterative=ROUNDS),
+    "iterative fuse (icp)": dict(method="fuse", iterative=ROUNDS, stop="icp"),
 }
 
 
