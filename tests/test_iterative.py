@@ -71,9 +71,11 @@ def test_a_zeroed_channel_gives_no_nan_and_a_changed_flow_fires_only_when_it_rec
     assert [s for s, _ in stop.distances] == [10, 20]
 
 
-def test_two_rounds_share_the_budget_and_end_at_the_target(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["prune", "fuse"])
+def test_two_rounds_share_the_budget_and_end_at_the_target(tmp_path, capsys, method):
     out = tmp_path / "small.onnx"
     code, _, err = run_cli(["compress", TINYRES, "-o", out, "--target-macs", "0.5", "--allocate", "uniform",
+                            "--method", method,
                             "--iterative", "2", "--train-data", TRAIN, "--train-steps", "6", "--batch", "16",
                             "--val-every", "3", "--val-samples", "32", "--report", tmp_path / "r.json"], capsys)
     assert code == 0, err

@@ -191,7 +191,7 @@ class Options:
             raise OnnxfuseError("iterative rounds distil after each shrink: give --train-data")
         if self.quality_target or self.target_latency is not None:
             raise OnnxfuseError("iterative takes --sparsity or --target-macs")
-        if METHODS.get(self.method).extra_passes:
+        if METHODS.get(self.method).needs_train_data:
             raise OnnxfuseError(f"method {self.method} trains in its own way: it does not take iterative")
         if self.train.train_steps < self.iterative:
             raise OnnxfuseError(f"train-steps {self.train.train_steps} cannot be shared by {self.iterative} rounds")
