@@ -37,6 +37,7 @@ from .reporting.sweep import check_out_dir, plot, sweep_row, table
 from .runtime.compare import compare
 from .runtime.sessions import assumed_input_shapes
 from .runtime.timing import compare_speed
+from .scaleout import run_tasks
 from .training import load_finetune
 from .training.options import TrainOptions
 
@@ -157,17 +158,26 @@ def sweep(model: ModelLike, out_dir: str | os.PathLike, sparsities=(0.1, 0.3, 0.
         raise OnnxfuseError(f"no method to sweep; choose from {', '.join(METHODS.names())}")
     original = load(model)
     _check_sweep_inputs(original, methods, options)
-    rows, total = [], len(methods) * len(sparsities)
+    configurations = [(method, s) for method in methods for s in sparsities]
+    ray = options.pop("ray", None)
+    rows, total = [], len(configurations)
     with log.quiet(quiet):
-        for method in methods:
-            for s in sparsities:
-                log.info(f"sweep {len(rows) + 1}/{total}: {method} at sparsity {s}: compressing")
+        if ray:  # the compress calls are independent: Ray tasks; the timings stay one at a time
+            log.info(f"sweep: {total} compress runs as Ray tasks ({ray})")
+            results = run_tasks(_compress_task, [(original.SerializeToString(), s, method, options)
+                                                 for method, s in configurations], ray)
+            compressed_all = [(onnx.load_from_string(data), report) for data, report in results]
+        for index, (method, s) in enumerate(configurations):
+            if ray:
+                compressed, report = compressed_all[index]
+            else:
+                log.info(f"sweep {index + 1}/{total}: {method} at sparsity {s}: compressing")
                 compressed, report = compress(original, s, method=method, quiet=True, **options)
-                log.info(f"sweep {len(rows) + 1}/{total}: {method} at sparsity {s}: timing at batch {batch}")
-                with log.quiet():
-                    speed = compare_speed(original, compressed, batch_sizes=(batch,), runs=runs,
-                                          device=options.get("device", "auto"), threads=threads)
-                rows.append(sweep_row(method, s, report, speed))
+            log.info(f"sweep {index + 1}/{total}: {method} at sparsity {s}: timing at batch {batch}")
+            with log.quiet():
+                speed = compare_speed(original, compressed, batch_sizes=(batch,), runs=runs,
+                                      device=options.get("device", "auto"), threads=threads)
+            rows.append(sweep_row(method, s, report, speed))
         result = {"model": str(model) if not hasattr(model, "graph") else "model", "batch": batch,
                   "provider": speed["provider"], "threads": speed["threads"], "rows": rows,
                   "accuracy_original": report["validation"].get("accuracy_original")}
@@ -180,6 +190,12 @@ def sweep(model: ModelLike, out_dir: str | os.PathLike, sparsities=(0.1, 0.3, 0.
             log.info("note: matplotlib is not installed, so no sweep.png (pip install 'onnxfuse[bench]')")
         log.info(f"wrote {out_dir}/sweep.md, sweep.json" + (", sweep.png" if (out_dir / "sweep.png").exists() else ""))
     return result
+
+
+def _compress_task(model: bytes, sparsity: float, method: str, options: dict) -> tuple[bytes, dict]:
+    """One configuration of a sweep, as a Ray task (arguments and result serialised)."""
+    compressed, report = compress(onnx.load_from_string(model), sparsity, method=method, quiet=True, **options)
+    return compressed.SerializeToString(), report
 
 
 def make_calibration(images: str | os.PathLike, model: ModelLike, output: str | os.PathLike | None = None, *,

@@ -164,7 +164,7 @@ def _add_sweep(w: argparse.ArgumentParser) -> None:
     _add_shared(w, "calib", help="calibration data (.npz or image folder), for the repair")
     _add_shared(w, "calib_samples", help="use at most N calibration samples")
     _add_shared(w, "data", help="validation data (.npz, with labels for accuracy)")
-    for name in ("repair", "round_to", "seed"):
+    for name in ("repair", "round_to", "seed", "ray"):
         _add_shared(w, name)
     # api.sweep times with compare_speed's own warm-up: the flag's default says which
     _add_bench_options(w, (defaults["batch"],), defaults["runs"], _defaults(compare_speed)["warmup"])
@@ -436,7 +436,7 @@ def _sweep(args) -> int:
         raise OnnxfuseError("sweep times one batch size; give one --batch")
     api.sweep(args.input, out, args.sparsities, args.methods, batch=batch, runs=args.runs, threads=args.threads,
               calib=args.calib, calib_samples=args.calib_samples, data=args.data, repair=args.repair,
-              round_to=args.round_to, device=args.device, seed=args.seed, labels_key=args.labels_key)
+              round_to=args.round_to, device=args.device, seed=args.seed, labels_key=args.labels_key, ray=args.ray)
     return 0
 
 

@@ -65,3 +65,28 @@ def test_students_as_ray_tasks_give_the_serial_result_byte_for_byte():
         ray.shutdown()
     assert parallel_report["split_data"]["ray"] == "auto"
     assert parallel.SerializeToString() == serial.SerializeToString()
+
+
+def test_sweep_compresses_as_ray_tasks_with_the_serial_results(tmp_path):
+    """`sweep --ray auto`: the compress runs are Ray tasks on a real local cluster; every row but the
+    timings equals the serial sweep's."""
+    pytest.importorskip("ray")
+    import ray
+
+    import onnxfuse
+
+    runs = {}
+    try:
+        for name, extra in (("serial", {}), ("ray", {"ray": "auto"})):
+            runs[name] = onnxfuse.sweep(str(TINYRES), tmp_path / name, (0.3, 0.5), ("prune",), batch=2, runs=1,
+                                        threads=1, quiet=True, calib=str(CALIB), calib_samples=32, **extra)
+        assert ray.is_initialized()
+    finally:
+        ray.shutdown()
+    timing = {"latency_ms", "speedup", "latency_original_ms", "latency_compressed_ms", "speed_up"}
+
+    def untimed(result):
+        return [{k: v for k, v in row.items() if k not in timing and "latency" not in k and "speed" not in k}
+                for row in result["rows"]]
+
+    assert len(runs["ray"]["rows"]) == 2 and untimed(runs["ray"]) == untimed(runs["serial"])
