@@ -8,15 +8,15 @@ _os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
 
 from .analysis.rules import register_op_rule
 from .api import (
-                  bench,
-                  compress,
-                  finetune,
-                  inspect,
-                  make_calibration,
-                  make_synthetic_calibration,
-                  merge,
-                  sweep,
-                  validate,
+    bench,
+    compress,
+    finetune,
+    inspect,
+    make_calibration,
+    make_synthetic_calibration,
+    merge,
+    sweep,
+    validate,
 )
 from .errors import OnnxfuseError
 from .methods import register_method

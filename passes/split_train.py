@@ -4,7 +4,6 @@ import numpy as np
 import onnx
 from onnx.external_data_helper import load_external_data_for_model
 
-from onnxfuse import scratch
 from onnxfuse.log import info
 from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.pipeline.merge import merge_models
@@ -65,12 +64,6 @@ def _serialised(teacher: onnx.ModelProto, weights_dir: str | None) -> bytes:
 
 def _merge(students, ctx):
     calib = ctx.calibration.calib
-    with scratch.run():
-        path = None
-        if calib is not None:
-            path = scratch.directory() / "merge_calib.npz"
-            np.savez(path, **calib.feeds)
-        options = Options(calib=str(path) if path else None, calib_samples=len(calib) if calib is not None else 256,
-                          seed=ctx.options.seed, fold_bn=ctx.options.fold_bn)
-        return merge_models([(f"student {k + 1}", s) for k, s in enumerate(students)], options,
-                            "activations" if path else "weights", None, "first")
+    options = Options(seed=ctx.options.seed, fold_bn=ctx.options.fold_bn)
+    return merge_models([(f"student {k + 1}", s) for k, s in enumerate(students)], options,
+                        "activations" if calib is not None else "weights", None, "first", calib=calib)

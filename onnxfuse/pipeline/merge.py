@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import onnx
 
+from ..calibration.data import Dataset
 from ..errors import OnnxfuseError
 from ..graph.convert import runnable
 from ..graph.metrics import count_params
@@ -22,7 +23,9 @@ FRONT = ("load", "normalize", "analyze")
 
 
 def merge_models(sources: list[tuple[str, str | onnx.ModelProto]], options: Options, align: str,
-                 weights: list[float] | None, anchor: str) -> tuple[onnx.ModelProto, dict]:
+                 weights: list[float] | None, anchor: str,
+                 calib: Dataset | None = None) -> tuple[onnx.ModelProto, dict]:
+    """`calib`: calibration data already in memory, instead of loading `options.calib`."""
     if len(sources) < 2:
         raise OnnxfuseError("merge needs two or more models")
     if align not in fusion.ALIGNS or anchor not in fusion.ANCHORS:
@@ -40,6 +43,8 @@ def merge_models(sources: list[tuple[str, str | onnx.ModelProto]], options: Opti
     if not lead.analysis.prunable:
         raise OnnxfuseError(f"{lead.name}: no channel group can be aligned (all frozen); see `onnxfuse inspect`")
     ctx = contexts[first]
+    if calib is not None:
+        ctx.calibration.calib = calib
     plain = _plain_average(lead, others, share) if options.data else None
     stayed = {other.name: fusion.align(lead, other, align, ctx.calibration.calib, options.seed) for other in others}
     averaged = fusion.average_into(lead, others, share)

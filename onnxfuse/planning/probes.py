@@ -78,6 +78,12 @@ class Probes:
 
 def output_damage(original, compressed, data: Dataset) -> float:
     """Mean squared error of the first output relative to its variance (0 = unchanged)."""
-    ref = run(session(original, "cpu"), data, 64)[0].astype(np.float64)
-    out = run(session(compressed, "cpu"), data, 64)[0].astype(np.float64)
-    return float(((out - ref) ** 2).mean() / max(ref.var(), 1e-12))
+    return relative_damage(first_output(original, data), first_output(compressed, data))
+
+
+def first_output(model, data: Dataset) -> np.ndarray:
+    return run(session(model, "cpu"), data, 64)[0].astype(np.float64)
+
+
+def relative_damage(reference: np.ndarray, output: np.ndarray) -> float:
+    return float(((output - reference) ** 2).mean() / max(reference.var(), 1e-12))

@@ -1,6 +1,7 @@
 """`select`: the repair chosen by error on calibration samples held out from the fit.
 
-The last quarter of the calibration samples (at most HELD_OUT) judges, the rest fits. Three
+The last quarter of the calibration samples (at most 128, as for the sensitivity probes) judges,
+the rest fits. Three
 candidates, each from the unrepaired graph: `none`; `lsq` (whose refits already keep a consumer's
 weights when the refit is not better on every held-out fold); `stats+lsq`: the statistics
 correction producer by producer in graph order, each kept only when it lowers the held-out output
@@ -13,29 +14,24 @@ from __future__ import annotations
 
 import dataclasses
 
-import numpy as np
-
 from ..graph.convert import runnable
-from ..runtime.sessions import run, session
+from ..planning.probes import HELD_OUT_DIVISOR, PROBE_SAMPLES, first_output, relative_damage
 from .lsq import repair_lsq
 from .registry import RepairJob, register_repair
 from .stats import correct_unit, stats_units
 
-HELD_OUT_DIVISOR = 4
-HELD_OUT = 128
 CANDIDATES = ("none", "lsq", "stats+lsq")
 
 
 @register_repair("select")
 def repair_select(job: RepairJob) -> list[dict]:
-    fit, held_out = job.data.split(HELD_OUT_DIVISOR, HELD_OUT)
+    fit, held_out = job.data.split(HELD_OUT_DIVISOR, PROBE_SAMPLES)
     if len(held_out) == len(job.data):  # a single sample: nothing to judge on
         return [{"choice": "lsq", "reason": "one calibration sample"}, *repair_lsq(job)]
-    reference = run(session(job.original, "cpu"), held_out, 64)[0].astype(np.float64)
+    reference = first_output(job.original, held_out)
 
     def damage(graph) -> float:
-        out = run(session(runnable(graph, job.like), "cpu"), held_out, 64)[0].astype(np.float64)
-        return float(((out - reference) ** 2).mean() / max(reference.var(), 1e-12))
+        return relative_damage(reference, first_output(runnable(graph, job.like), held_out))
 
     trial = dataclasses.replace(job, data=fit)
     scores = {"none": damage(job.graph)}

@@ -32,7 +32,6 @@ def producer_members(group: Group) -> list[Member]:
 @dataclass(frozen=True)
 class Unit:
     """One producer output to correct, with its channels' statistics in the original model."""
-    order: int
     space: tuple[str, int]
     group: Group
     target: ChannelStats
@@ -57,7 +56,7 @@ def stats_units(job: RepairJob) -> list[Unit]:
                     for m in producer_members(analysis.groups[gid])), key=lambda u: u[0])
     before = channel_stats(job.original, job.data, {space[0]: space[1] for _, space, _ in units},
                            label="original statistics")
-    return [Unit(i, space, group, before[space[0]]) for i, space, group in units]
+    return [Unit(space, group, before[space[0]]) for _, space, group in units]
 
 
 def correct_unit(job: RepairJob, unit: Unit) -> dict:

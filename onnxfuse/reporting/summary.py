@@ -129,15 +129,14 @@ def _repair_lines(report: dict) -> list[str]:
         lines.append(f"stats repair: {len(stats)} groups; the new channels' std was off its target by "
                      f"{100 * error:.0f}% on average, matched after")
     if fits:
-        steps = fits
-        refit = [s for s in steps if s.get("refit", True)]
-        before, after = (np.mean([s[key] for s in steps]) for key in ("output_error_before", "output_error_after"))
-        thin = min(s["rows"] / s["columns"] for s in steps)
-        kept = f" ({len(steps) - len(refit)} kept their weights: no better on every held-out fold)" \
-            if len(refit) < len(steps) else ""
-        lines.append(f"lsq repair: {len(refit)} of {len(steps)} consumers refit{kept}, mean relative output error "
+        refit = [s for s in fits if s.get("refit", True)]
+        before, after = (np.mean([s[key] for s in fits]) for key in ("output_error_before", "output_error_after"))
+        thin = min(s["rows"] / s["columns"] for s in fits)
+        kept = f" ({len(fits) - len(refit)} kept their weights: no better on every held-out fold)" \
+            if len(refit) < len(fits) else ""
+        lines.append(f"lsq repair: {len(refit)} of {len(fits)} consumers refit{kept}, mean relative output error "
                      f"on the calibration data {before:.3f} -> {after:.3f}; fewest rows per column {thin:.1f}")
-        held = [s for s in steps if "held_out_error_before" in s]
+        held = [s for s in fits if "held_out_error_before" in s]
         if held:
             lines.append("  on held-out folds: " + f"{np.mean([s['held_out_error_before'] for s in held]):.3f} -> "
                          f"{np.mean([min(s['held_out_error_refit'], s['held_out_error_before']) for s in held]):.3f}")
