@@ -82,6 +82,22 @@ def evaluate(model: nn.Module, x: torch.Tensor, y: torch.Tensor, bs: int = 1000,
     return correct / len(x)
 
 
+def _part(text: str) -> tuple[int, int]:
+    try:
+        i, k = (int(t) for t in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r}: expected I/K, e.g. 1/2") from None
+    if not 1 <= i <= k:
+        raise argparse.ArgumentTypeError(f"{text!r}: need 1 <= I <= K")
+    return i, k
+
+
+def train_part(x: np.ndarray, y: np.ndarray, i: int, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """The i-th (1-based) of k disjoint parts of the train split, the same parts for every --seed."""
+    indices = np.sort(np.array_split(np.random.default_rng(0).permutation(len(x)), k)[i - 1])
+    return x[indices], y[indices]
+
+
 def param_groups(model: nn.Module, wd: float):
     decay, no_decay = [], []
     for p in model.parameters():
@@ -90,7 +106,7 @@ def param_groups(model: nn.Module, wd: float):
 
 
 # --------------------------------------------------------------------------- export
-def export_onnx(model: nn.Module, arch: str, out_dir: Path = MODELS_DIR,
+def export_onnx(model: nn.Module, stem: str, out_dir: Path = MODELS_DIR,
                 check_images: np.ndarray | None = None, log=print) -> dict:
     """Export folded + bn ONNX files and verify them against torch (<= 1e-4)."""
     import onnx
@@ -100,8 +116,8 @@ def export_onnx(model: nn.Module, arch: str, out_dir: Path = MODELS_DIR,
     model = model.to(memory_format=torch.contiguous_format).eval()
     dummy = torch.rand(2, 1, 28, 28) * 255.0
     files = {
-        "folded": out_dir / f"{arch}_fmnist_folded.onnx",
-        "bn": out_dir / f"{arch}_fmnist_bn.onnx",
+        "folded": out_dir / f"{stem}_folded.onnx",
+        "bn": out_dir / f"{stem}_bn.onnx",
     }
     modes = {"folded": torch.onnx.TrainingMode.EVAL,
              "bn": torch.onnx.TrainingMode.PRESERVE}
@@ -148,6 +164,9 @@ def main(argv=None):
     ap.add_argument("--label-smoothing", type=float, default=0.1)
     ap.add_argument("--pad", type=int, default=2, help="random-crop padding")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--part", type=_part, default=None, metavar="I/K",
+                    help="train on the I-th of K disjoint parts of the train split (split drawn with seed 0, "
+                         "whatever --seed); outputs named <arch>_fmnist_partIofK")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--max-steps", type=int, default=0, help="debug: stop each epoch after N steps")
@@ -159,8 +178,9 @@ def main(argv=None):
     seed_all(args.seed)
     for d in (CKPT_DIR, RESULTS_DIR, LOG_DIR):
         d.mkdir(parents=True, exist_ok=True)
-    ckpt_path = CKPT_DIR / f"{args.arch}_fmnist.pt"
-    log_path = LOG_DIR / f"{args.arch}_train.log"
+    stem = f"{args.arch}_fmnist" + (f"_part{args.part[0]}of{args.part[1]}" if args.part else "")
+    ckpt_path = CKPT_DIR / f"{stem}.pt"
+    log_path = LOG_DIR / f"{stem}_train.log"
     logf = open(log_path, "a" if args.export_only else "w")
 
     def log(msg):
@@ -173,7 +193,7 @@ def main(argv=None):
         width = args.width if args.width is not None else ck["width"]
         model = build(args.arch, width)
         model.load_state_dict(ck["state_dict"])
-        export_onnx(model, args.arch, log=log)
+        export_onnx(model, stem, log=log)
         return
 
     width = args.width if args.width is not None else 1.0
@@ -182,6 +202,8 @@ def main(argv=None):
     log(f"torch {torch.__version__}, threads {torch.get_num_threads()}")
 
     xtr, ytr = fmnist.load_train_split()
+    if args.part:
+        xtr, ytr = train_part(xtr, ytr, *args.part)
     xte, yte = fmnist.load_test_split()
     xtr, ytr = torch.from_numpy(xtr), torch.from_numpy(ytr)
     xte, yte = torch.from_numpy(xte), torch.from_numpy(yte)
@@ -252,8 +274,10 @@ def main(argv=None):
               "train_seconds": round(total_time, 1), "command": command,
               "torch": torch.__version__, "history": history}
     if not args.no_export:
-        result["export"] = export_onnx(model, args.arch, log=log)
-    with open(RESULTS_DIR / f"{args.arch}_fmnist.json", "w") as f:
+        result["export"] = export_onnx(model, stem, log=log)
+    if args.part:
+        result.update(part=list(args.part), train_samples=len(xtr))
+    with open(RESULTS_DIR / f"{stem}.json", "w") as f:
         json.dump(result, f, indent=1)
     log("done")
 

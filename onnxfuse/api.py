@@ -30,6 +30,7 @@ from .graph.metrics import count_macs, count_params
 from .graph.shapes import infer_shapes, mac_graph
 from .methods import METHODS
 from .pipeline import iterate
+from .pipeline.fuse_first import run_fuse_first
 from .pipeline.merge import merge_models
 from .reporting.report import write_report, write_text
 from .reporting.summary import group_rows, summary, train_summary
@@ -56,7 +57,9 @@ def compress(model: ModelLike, sparsity: float = 0.5, *, report_path: str | None
     seed, and for fusion normalization, ot_p, ot_solver, ot_reg, ot_marginals, ot_features, fuse_keep."""
     options = pipeline.Options.from_flat(sparsity=sparsity, **options)
     with log.quiet(quiet):
-        if options.iterative > 1:
+        if options.fuse_first:
+            ctx = run_fuse_first(options, source_of(model))
+        elif options.iterative > 1:
             ctx = iterate.run_rounds(options, source_of(model))
         else:
             ctx = pipeline.run(pipeline.Context.for_model(options, source_of(model)))

@@ -199,7 +199,7 @@ def _add_option(p: argparse.ArgumentParser, dest: str, default, meta) -> str:
         kwargs["action"] = action
     else:
         kwargs.update(default=list(default) if action == "append" else default, type=_value_type(default, meta))
-        kwargs.update({k: meta[k] for k in ("action", "metavar") if k in meta})
+        kwargs.update({k: meta[k] for k in ("action", "metavar", "nargs") if k in meta})
         if "choices" in meta:
             choices = meta["choices"]() if callable(meta["choices"]) else tuple(meta["choices"])
             if default is not None and default not in choices:
@@ -340,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
 def _compress(args) -> int:
     outputs = [Path(args.output)] + (list(report_paths(args.report)) if args.report else [])
     for out in outputs:
-        for source in (args.input, args.calib, args.data):  # never write over a file we read
+        for source in (args.input, args.calib, args.data, *args.fuse_first):  # never write over a file we read
             if source:
                 check_output_path(out, source)
     if any(out.resolve() == outputs[0].resolve() for out in outputs[1:]):

@@ -9,6 +9,6 @@ from dataclasses import field
 
 def option(default, help: str = "", **cli):
     """A field with its CLI metadata: help, and optionally flag, choices (a tuple or a callable
-    returning one), type, metavar, action ("store_true", "store_false", "append"), cli=False."""
+    returning one), type, metavar, action ("store_true", "store_false", "append"), nargs, cli=False."""
     kind = "default_factory" if callable(default) else "default"
     return field(**{kind: default}, metadata={"help": help, **cli})

@@ -8,22 +8,42 @@ import os
 from collections.abc import Callable, Sequence
 
 from .errors import OnnxfuseError
+from .log import progress
+
+NOTHING = object()
 
 
-def run_tasks(task: Callable, arguments: Sequence[tuple], ray: str | None) -> list:
-    """[task(*args) for args in arguments], as Ray tasks when `ray` is set."""
+def run_tasks(task: Callable, arguments: Sequence[tuple], ray: str | None, shared=NOTHING,
+              desc: str | None = None) -> list:
+    """[task(*args) for args in arguments], as Ray tasks when `ray` is set; `shared`, when given,
+    is every task's first argument (sent to the cluster once); `desc` labels a progress bar."""
+    lead = () if shared is NOTHING else (shared,)
     if not ray:
-        return [task(*args) for args in arguments]
+        return [task(*lead, *args) for args in progress(arguments, desc=desc)]
+    ray_module = _connected(ray)
+    if lead:
+        lead = (ray_module.put(shared),)
+    remote = ray_module.remote(num_cpus=1)(task)
+    pending = [remote.remote(*lead, *args) for args in arguments]
+    try:
+        with progress(total=len(pending), desc=desc) as bar:
+            waiting = list(pending)
+            while waiting:
+                done, waiting = ray_module.wait(waiting, num_returns=1)
+                bar.update(len(done))
+        return ray_module.get(pending)
+    except ray_module.exceptions.RayTaskError as exc:  # the task's own error, raised as itself
+        raise exc.as_instanceof_cause() from None
+
+
+def _connected(ray: str):
+    """Ray, joined to the cluster of --ray (auto: a local one sized to the machine) once per process."""
     ray_module = _ray()
     if not ray_module.is_initialized():
         address = None if ray == "auto" else ray
         ray_module.init(address=address, num_cpus=os.cpu_count() if address is None else None,
                         include_dashboard=False, log_to_driver=False, configure_logging=False)
-    remote = ray_module.remote(num_cpus=1)(task)
-    try:
-        return ray_module.get([remote.remote(*args) for args in arguments])
-    except ray_module.exceptions.RayTaskError as exc:  # the task's own error, raised as itself
-        raise exc.as_instanceof_cause() from None
+    return ray_module
 
 
 def _ray():

@@ -30,7 +30,7 @@ def run_rounds(options: Options, source) -> Context:
         ctx.round = k
         ctx = run(ctx)
         first = first or ctx
-        used = ctx.report.get("train", {}).get("steps", steps)
+        used = ctx.trained_steps + ctx.report.get("train", {}).get("steps", steps - ctx.trained_steps)
         carried = steps - used
         rounds.append({"round": k, "kept": round(kept, 4), "steps": used, "budget": steps,
                        "macs_after": ctx.report["macs_after"]})

@@ -87,8 +87,13 @@ class Options:
     split_data: int = option(1, "split-data Prune-and-Fuse: distil K students on disjoint parts of --train-data, "
                              "merge them with OT, distil the merged one on all of it", type="positive_int",
                              metavar="K")
-    ray: str | None = option(None, "run independent work (the students of --split-data) as Ray tasks: auto (a "
-                             "local cluster sized to the machine) or the ADDRESS of a running cluster",
+    fuse_first: tuple[str, ...] = option((), "Fuse-and-Prune: merge these models (the input's architecture) into the "
+                                         "input with OT, distil the merged model on --train-data for half of "
+                                         "--train-steps, then compress it; the teacher is the ensemble of all",
+                                         nargs="+", metavar="MODEL.onnx")
+    ray: str | None = option(None, "run independent work (the students of --split-data, the probes of --allocate "
+                             "sensitivity) as Ray tasks: auto (a local cluster sized to the machine) or the ADDRESS "
+                             "of a running cluster",
                              metavar="auto|ADDRESS")
     icp_eps: float | None = option(None, "icp: the distance that ends a round (default: 3x the original's own "
                                    "distance between two halves of the calibration data)", type=float, metavar="E")
@@ -106,7 +111,7 @@ class Options:
         `normalization`, `fuse_keep` and `ot_p`, `ot_solver`, `ot_reg`, `ot_marginals`, `ot_features`, and the
         fields of TrainOptions (`train_data`, `train_steps`, ...)."""
         fusion = {}
-        for key in [k for k in options if k == "normalization" or k.startswith(("ot_", "fuse_"))]:
+        for key in [k for k in options if k in ("normalization", "fuse_keep") or k.startswith("ot_")]:
             fusion[key.removeprefix("ot_").removeprefix("fuse_")] = options.pop(key)
         train_fields = {f.name for f in dataclasses.fields(TrainOptions)}
         train = {k: options.pop(k) for k in [k for k in options if k in train_fields]}
@@ -116,7 +121,7 @@ class Options:
         unknown = sorted(set(options) - known) + sorted(set(fusion) - known_fusion)
         if unknown:
             raise OnnxfuseError(f"unknown option(s) {', '.join(unknown)}")
-        for key in ("ignore", "input_shape"):
+        for key in ("ignore", "input_shape", "fuse_first"):
             if key in options:
                 options[key] = tuple(options[key])
         if options.get("preprocess", ...) is None:
@@ -161,6 +166,7 @@ class Options:
         self._check_needs()
         self._check_iterative()
         self._check_split_data()
+        self._check_fuse_first()
         if self.method == "tpp":
             update, stabilise = self.tpp_phases
             if update < 1 or stabilise < 0 or update + stabilise > self.train.train_steps:
@@ -172,12 +178,21 @@ class Options:
             return
         if not self.train.train_data:
             raise OnnxfuseError("split-data trains a student on each part: give --train-data")
-        if METHODS.get(self.method).needs_train_data or self.iterative > 1:
-            raise OnnxfuseError(f"split-data takes prune or fuse without --iterative, not method {self.method}"
-                                + (" with iterative" if self.iterative > 1 else ""))
-        if self.train.train_steps < 2 * self.split_data:
+        if METHODS.get(self.method).needs_train_data:
+            raise OnnxfuseError(f"split-data takes prune or fuse, not method {self.method}")
+        if self.train.train_steps < 2 * self.split_data * self.iterative:
             raise OnnxfuseError(f"train-steps {self.train.train_steps} cannot give {self.split_data} students and "
-                                "the merged model a step each")
+                                "the merged model a step each" + (" in every round" if self.iterative > 1 else ""))
+
+    def _check_fuse_first(self) -> None:
+        if not self.fuse_first:
+            return
+        if not self.train.train_data:
+            raise OnnxfuseError("fuse-first distils the merged model before compressing it: give --train-data")
+        if self.iterative > 1 or self.split_data > 1:
+            raise OnnxfuseError("fuse-first takes neither iterative nor split-data")
+        if self.train.train_steps < 2:
+            raise OnnxfuseError("fuse-first needs train-steps of at least 2 (half before compression, half after)")
 
     def _check_iterative(self) -> None:
         if self.stop not in STOPS:

@@ -16,8 +16,9 @@ import numpy as np
 import onnx
 
 from ..calibration.data import Dataset
-from ..graph.convert import runnable
+from ..graph.convert import export_model, import_graph, runnable
 from ..runtime.sessions import run, session
+from ..scaleout import run_tasks
 
 PROBE_SAMPLES = 128  # at most, held out from the probe's repair
 HELD_OUT_DIVISOR = 4  # a quarter of the calibration samples judge the probes: a repair fitted and judged
@@ -48,6 +49,18 @@ class Probes:
         probe = self._run(probe, DAMAGE_PASSES)
         return output_damage(ctx.model.model_source, runnable(probe.model.graph, ctx.model.original), held_out)
 
+    def damages(self, changes: list[dict], desc: str | None = None) -> list[float]:
+        """[damage(**c) for c in changes]: with --ray, as Ray tasks, each on a copy of the context."""
+        ctx = self._ctx
+        if not ctx.options.ray:
+            return run_tasks(lambda c: self.damage(**c), [(c,) for c in changes], None, desc=desc)
+        model = dataclasses.replace(ctx.model, graph=None)  # graphsurgeon graphs do not pickle: as ONNX
+        if not model.weights_dir:  # else its file, which the workers must see at the same path
+            model.source = model.original
+        snapshot = (dataclasses.replace(ctx, probes=None, model=model),
+                    export_model(ctx.model.graph, ctx.model.original).SerializeToString())
+        return run_tasks(_damage_task, [(c,) for c in changes], ctx.options.ray, shared=snapshot, desc=desc)
+
     def compressed(self, fixed_counts: dict[int, int]) -> onnx.ModelProto:
         """The model the configured recipe gives at these widths, the repair fitted on all the
         calibration data (what the quality search judges on the validation data)."""
@@ -74,6 +87,19 @@ class Probes:
                                         fixed_counts=fixed_counts)
         return dataclasses.replace(ctx, options=options, model=model, calibration=calibration, decisions=decisions,
                                    report={}, probes=None)
+
+
+def _damage_task(snapshot: tuple, changes: dict) -> float:
+    """One damage probe on a worker: the context arrives without its graph (ONNX bytes beside it)
+    and its Probes, which are rebuilt here."""
+    from ..pipeline.build import passes
+    from ..pipeline.steps import run_passes
+
+    ctx, graph = snapshot
+    ctx.model.graph = import_graph(onnx.load_from_string(graph), ctx.model.weights_dir)
+    pass_list = passes(ctx.options)
+    probes = Probes(ctx, lambda probe, wanted: run_passes(probe, [p for p in pass_list if p.name in wanted]))
+    return probes.damage(**changes)
 
 
 def output_damage(original, compressed, data: Dataset) -> float:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxfuseError
-from ..log import progress
 from .counts import estimated_mac_ratio, keep_count
 
 LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
@@ -23,15 +22,16 @@ def measure_sensitivity(analysis, probes, levels=LEVELS) -> dict[int, dict[float
     """Damage of every prunable group shrunk alone at each level (`probes`: planning/probes.py)."""
     damage: dict[int, dict[float, float]] = {group.id: {0.0: 0.0} for group in analysis.prunable}
     steps = [(group.id, level) for group in analysis.prunable for level in levels]
-    for gid, level in progress(steps, desc="sensitivity"):
-        damage[gid][level] = probes.damage(sparsity=level, only_groups=(gid,))
+    measured = probes.damages([{"sparsity": level, "only_groups": (gid,)} for gid, level in steps], "sensitivity")
+    for (gid, level), value in zip(steps, measured):
+        damage[gid][level] = value
     return damage
 
 
 def best_plan(probes, candidates: dict[str, dict[int, int]]) -> tuple[str, dict[int, int], dict[str, float]]:
     """The candidate allocation whose whole-network damage on the calibration data is smallest:
     per-group measurements ignore how groups interact, so the greedy plan must beat uniform."""
-    damage = {name: probes.damage(fixed_counts=counts) for name, counts in candidates.items()}
+    damage = dict(zip(candidates, probes.damages([{"fixed_counts": counts} for counts in candidates.values()])))
     name = min(damage, key=damage.get)
     return name, candidates[name], damage
 

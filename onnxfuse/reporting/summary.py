@@ -59,6 +59,11 @@ def summary(report: dict) -> str:
         unmoved = ", ".join(f"{v:.2f}" for v in split["merge"]["unmoved_share"].values())
         lines.append(f"split-data: {split['parts']} students, {split['steps_per_part']} steps each on their part, "
                      f"merged (share of channels the OT left in place: {unmoved})")
+    if "fuse_first" in report:
+        first = report["fuse_first"]
+        unmoved = ", ".join(f"{v:.2f}" for v in first["merge"]["unmoved_share"].values())
+        lines.append(f"fuse-first: {len(first['models'])} models merged (share of channels the OT left in place: "
+                     f"{unmoved}), distilled {first['train']['steps']} steps from their ensemble, then compressed")
     if "iterative" in report:
         lines.append(f"iterative: {len(report['iterative'])} rounds, kept " + ", ".join(
             f"{r['kept']:.3g} in {r['steps']} of {r['budget']} steps" for r in report["iterative"]))
