@@ -178,9 +178,10 @@ def main(argv=None):
     seed_all(args.seed)
     for d in (CKPT_DIR, RESULTS_DIR, LOG_DIR):
         d.mkdir(parents=True, exist_ok=True)
-    stem = f"{args.arch}_fmnist" + (f"_part{args.part[0]}of{args.part[1]}" if args.part else "")
+    part = f"_part{args.part[0]}of{args.part[1]}" if args.part else ""
+    stem = f"{args.arch}_fmnist{part}"
     ckpt_path = CKPT_DIR / f"{stem}.pt"
-    log_path = LOG_DIR / f"{stem}_train.log"
+    log_path = LOG_DIR / f"{args.arch}{part}_train.log"
     logf = open(log_path, "a" if args.export_only else "w")
 
     def log(msg):

@@ -91,16 +91,19 @@ def finetune(teacher: ModelLike, student: ModelLike, *, train_data: str, device:
 def merge(models: list[ModelLike], *, calib: str | None = None, align: str = "activations",
           weights: list[float] | None = None, anchor: str = "first", data: str | None = None,
           labels_key: str = "labels", calib_samples: int = 256, fold_bn: bool = True, seed: int = 0,
-          preprocess: Preprocess | None = None) -> tuple[onnx.ModelProto, dict]:
+          preprocess: Preprocess | None = None, repair: str = "auto") -> tuple[onnx.ModelProto, dict]:
     """One model from several of one architecture (OTFusion): every other model's channels matched
     to the anchor's group by group (by activations on `calib`, or by weights), then every weight
-    averaged (`weights`: one per model, default equal). With `data`, the report scores each input
+    averaged (`weights`: one per model, default equal); with `calib`, every producer's channels then
+    get the aligned models' mean statistics (`repair` auto or stats: REPAIR; none: plain averaging).
+    With `data`, the report scores each input
     model, the merged one and the plain average without alignment (accuracy with labels, else
     top-1 agreement with the anchor)."""
     options = pipeline.Options(calib=calib, calib_samples=calib_samples, fold_bn=fold_bn, seed=seed, data=data,
                                labels_key=labels_key, **({"preprocess": preprocess} if preprocess else {}))
     names = [str(m) if isinstance(m, (str, os.PathLike)) else f"model {i + 1}" for i, m in enumerate(models)]
-    return merge_models([(name, source_of(m)) for name, m in zip(names, models)], options, align, weights, anchor)
+    return merge_models([(name, source_of(m)) for name, m in zip(names, models)], options, align, weights, anchor,
+                        repair=repair)
 
 
 def inspect(model: ModelLike, *, ignore: tuple[str, ...] | list[str] = (), fold_bn: bool = True,

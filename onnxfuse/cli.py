@@ -97,7 +97,7 @@ def _add_finetune(f: argparse.ArgumentParser) -> None:
 
 
 def _add_merge(m: argparse.ArgumentParser) -> None:
-    from .methods.merge import ALIGNS, ANCHORS
+    from .methods.merge import ALIGNS, ANCHORS, REPAIRS
 
     m.add_argument("models", nargs="+", metavar="MODEL.onnx", help="two or more models of one architecture")
     m.add_argument("-o", "--output", required=True)
@@ -108,6 +108,8 @@ def _add_merge(m: argparse.ArgumentParser) -> None:
     m.add_argument("--weights", type=_weight_list, metavar="W,W[,...]", help="one weight per model in the average "
                    "(default: equal)")
     m.add_argument("--anchor", choices=ANCHORS, default="first", help="the model whose channel order is kept")
+    m.add_argument("--repair", choices=REPAIRS, default="auto", help="after averaging, give every producer's "
+                   "channels the models' mean channel statistics on --calib (stats: REPAIR; auto: stats with --calib)")
     _add_shared(m, "data", help=".npz inputs (labels optional) on which each model, the merged one and the plain "
                 "average are scored")
     for name in ("labels_key", "fold_bn", "seed"):
@@ -404,7 +406,7 @@ def _merge(args) -> int:
     model, report = api.merge(args.models, calib=args.calib, align=args.align, weights=args.weights,
                               anchor=args.anchor, data=args.data, labels_key=args.labels_key,
                               calib_samples=args.calib_samples, fold_bn=args.fold_bn, seed=args.seed,
-                              preprocess=_preprocess(args))
+                              preprocess=_preprocess(args), repair=args.repair)
     if args.report:
         write_report(report, args.report)
     save_model(model, args.output, input_path=args.models[0])

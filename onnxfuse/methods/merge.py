@@ -11,6 +11,10 @@ transport between equal uniform marginals (a permutation, found as the assignmen
                in graph order, each map applied before the next group is matched.
 The permutations go through the one apply path (m = n), which keeps every model's function; then
 every float weight is averaged over the models. Groups that are frozen are not aligned (reported).
+Averaging shrinks the spread of the merged channels (two aligned channels are never quite the same
+feature), which compounds layer by layer; with calibration data every producer's output channels
+are then given the weighted mean of the aligned models' channel mean and standard deviation (REPAIR,
+Jordan et al., ICLR 2023: the stats repair of `compress`, repair/stats.py), in graph order.
 """
 
 from __future__ import annotations
@@ -22,16 +26,18 @@ import onnx_graphsurgeon as gs
 from scipy.optimize import linear_sum_assignment
 
 from ..analysis.channels import Analysis, Group
-from ..calibration.capture import activation_space, sampled_activations
+from ..calibration.capture import ChannelStats, activation_space, channel_stats, sampled_activations
 from ..calibration.data import Dataset
 from ..errors import OnnxfuseError
 from ..graph.convert import runnable
+from ..repair.stats import correct_channels, producer_members
 from .channelmap import GroupMap, apply_maps
 from .intra_fusion import member_features
 from .ot import pairwise_cost
 
 ALIGNS = ("activations", "weights")
 ANCHORS = ("first", "narrowest")
+REPAIRS = ("auto", "stats", "none")
 
 
 @dataclass
@@ -142,6 +148,43 @@ def average_into(anchor: Member, others: list[Member], weights: list[float]) -> 
                 continue
             tensor.values = sum(w * v.astype(np.float64) for w, v in zip(weights, values)).astype(values[0].dtype)
     return len(done)
+
+
+def producer_targets(anchor: Member, others: list[Member], weights: list[float],
+                     calib: Dataset) -> dict[tuple[str, int], ChannelStats]:
+    """Per producer output of a prunable group (the anchor's tensor), the weighted mean of the aligned
+    models' channel means and standard deviations: measure before averaging."""
+    index = {n.name: i for i, n in enumerate(anchor.graph.nodes)}
+    spaces = sorted({(index[m.node], m.space) for g in anchor.analysis.prunable for m in producer_members(g)})
+    measured = []
+    for model in [anchor, *others]:
+        names = {space: _same_output(anchor, model, i, space[0]) for i, space in spaces}
+        stats = channel_stats(runnable(model.graph, model.original), calib,
+                              {name: space[1] for space, name in names.items()}, label=None)
+        measured.append({space: stats[name] for space, name in names.items()})
+    targets = {}
+    for _, space in spaces:
+        mean = sum(w * m[space].mean for w, m in zip(weights, measured))
+        std = sum(w * m[space].std for w, m in zip(weights, measured))
+        targets[space] = ChannelStats(measured[0][space].count, mean, std ** 2, measured[0][space].abs_mean)
+    return targets
+
+
+def renormalise(anchor: Member, targets: dict[tuple[str, int], ChannelStats], calib: Dataset) -> list[dict]:
+    """Every target producer of the (averaged) anchor corrected to its target statistics, in graph
+    order, each measured after those before it were corrected."""
+    report = []
+    for space, target in targets.items():
+        now = channel_stats(runnable(anchor.graph, anchor.original), calib, {space[0]: space[1]}, label=None)[space[0]]
+        rows = np.arange(len(target.mean))
+        report.append(correct_channels(anchor.graph, anchor.analysis, space, rows, target.mean, target.std, now))
+    return report
+
+
+def _same_output(anchor: Member, model: Member, index: int, name: str) -> str:
+    """`model`'s name for the anchor's tensor `name`, an output of the anchor's node `index`."""
+    slot = [t.name for t in anchor.graph.nodes[index].outputs].index(name)
+    return model.graph.nodes[index].outputs[slot].name
 
 
 def model_weights(given: list[float] | None, count: int) -> list[float]:

@@ -23,14 +23,16 @@ FRONT = ("load", "normalize", "analyze")
 
 
 def merge_models(sources: list[tuple[str, str | onnx.ModelProto]], options: Options, align: str,
-                 weights: list[float] | None, anchor: str,
-                 calib: Dataset | None = None) -> tuple[onnx.ModelProto, dict]:
-    """`calib`: calibration data already in memory, instead of loading `options.calib`."""
+                 weights: list[float] | None, anchor: str, calib: Dataset | None = None,
+                 repair: str = "auto") -> tuple[onnx.ModelProto, dict]:
+    """`calib`: calibration data already in memory, instead of loading `options.calib`. `repair`:
+    stats (REPAIR after averaging, needs calibration data), none, or auto (stats when there is
+    calibration data)."""
     if len(sources) < 2:
         raise OnnxfuseError("merge needs two or more models")
-    if align not in fusion.ALIGNS or anchor not in fusion.ANCHORS:
-        raise OnnxfuseError(f"align must be one of {', '.join(fusion.ALIGNS)} and anchor one of "
-                            f"{', '.join(fusion.ANCHORS)}")
+    if align not in fusion.ALIGNS or anchor not in fusion.ANCHORS or repair not in fusion.REPAIRS:
+        raise OnnxfuseError(f"align must be one of {', '.join(fusion.ALIGNS)}, anchor one of "
+                            f"{', '.join(fusion.ANCHORS)} and repair one of {', '.join(fusion.REPAIRS)}")
     share = fusion.model_weights(weights, len(sources))
     contexts = [_analysed(options, source) for _, source in sources]
     members = [fusion.Member(name, c.model.graph, c.model.analysis, c.model.original)
@@ -46,10 +48,16 @@ def merge_models(sources: list[tuple[str, str | onnx.ModelProto]], options: Opti
     if calib is not None:
         ctx.calibration.calib = calib
     plain = _plain_average(lead, others, share) if options.data else None
-    stayed = {other.name: fusion.align(lead, other, align, ctx.calibration.calib, options.seed) for other in others}
+    calib = ctx.calibration.calib
+    if repair == "stats" and calib is None:
+        raise OnnxfuseError("merge repair stats measures channel statistics: give --calib")
+    stayed = {other.name: fusion.align(lead, other, align, calib, options.seed) for other in others}
+    targets = fusion.producer_targets(lead, others, share, calib) if repair != "none" and calib else None
     averaged = fusion.average_into(lead, others, share)
+    renormalised = fusion.renormalise(lead, targets, calib) if targets else []
     PASSES.get("emit")().run(ctx)
     report = {"anchor": lead.name, "align": align, "weights": share, "constants_averaged": averaged,
+              "repair": "stats" if renormalised else "none", "producers_renormalised": len(renormalised),
               "groups_aligned": len(lead.analysis.prunable),
               "groups_frozen": len(lead.analysis.groups) - len(lead.analysis.prunable),
               "unmoved_share": {name: round(sum(v.values()) / max(len(v), 1), 4) for name, v in stayed.items()}}

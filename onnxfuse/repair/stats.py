@@ -70,19 +70,24 @@ def _correct(graph, analysis, space_maps, group, space, before: ChannelStats, no
     gmap = space_maps.maps[group.id]
     old_pos = group.positions[space][:, 0]
     new_pos = space_maps.slot_positions(group, space)[:, 0]
-    target_mean = gmap.param @ before.mean[old_pos]
-    target_std = gmap.param @ before.std[old_pos]
-    mean, std = now.mean[new_pos], now.std[new_pos]
+    return {"group": group.id, **correct_channels(graph, analysis, space, new_pos, gmap.param @ before.mean[old_pos],
+                                                  gmap.param @ before.std[old_pos], now)}
+
+
+def correct_channels(graph, analysis, space, rows: np.ndarray, target_mean: np.ndarray, target_std: np.ndarray,
+                     now: ChannelStats) -> dict:
+    """The affine map that gives channels `rows` of `space` (measured: `now`) the target mean and
+    standard deviation, folded into its producers' weight rows and bias."""
+    mean, std = now.mean[rows], now.std[rows]
     scale = np.where(std > MIN_STD, target_std / np.maximum(std, MIN_STD), 1.0)
     shift = target_mean - mean * scale
     tensors = graph.tensors()
     bias = _bias_of(graph, space)
     for member in analysis.members[space]:
         if member.role == "producer" and member.scored:
-            _scale_rows(tensors[member.tensor], member.axis, new_pos, scale)
-    _add_rows(bias, new_pos, shift, scale)
-    return {"group": group.id, "tensor": space[0],
-            "std_error_before": float(np.mean(np.abs(std / np.maximum(target_std, MIN_STD) - 1))),
+            _scale_rows(tensors[member.tensor], member.axis, rows, scale)
+    _add_rows(bias, rows, shift, scale)
+    return {"tensor": space[0], "std_error_before": float(np.mean(np.abs(std / np.maximum(target_std, MIN_STD) - 1))),
             "mean_error_before": float(np.mean(np.abs(mean - target_mean)))}
 
 
