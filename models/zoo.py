@@ -10,6 +10,9 @@ Architectures (all with a width multiplier ``width``):
   vgg11bn      VGG11 with BatchNorm, GAP head
   mobilenetv2  MobileNetV2 (inverted residuals, depthwise convs), CIFAR-style strides
   resnet50s    ResNet-50-style bottleneck network [3,4,6,3], CIFAR-style stem
+  vit          Vision Transformer: 4x4 patches (49 tokens + cls), 6 pre-norm blocks of width 128,
+               4 heads, MLP 256; attention as nn.MultiheadAttention or written out (`attention=`),
+               one state_dict for both
 """
 from __future__ import annotations
 
@@ -255,12 +258,68 @@ def tinyres(width=1.0, num_classes=NUM_CLASSES):
     return TinyRes(width, num_classes)
 
 
+class Attention(nn.Module):
+    """Multi-head self-attention with nn.MultiheadAttention's parameters (packed in_proj, out_proj).
+    form "mha": nn.MultiheadAttention itself; "manual": the same computation written out, the head
+    split as view(B, S, heads, head_dim) ("manual") or view(B, S, -1, head_dim) ("manual-1")."""
+
+    def __init__(self, dim: int, heads: int, form: str = "mha"):
+        super().__init__()
+        self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
+        self.heads, self.form = heads, form
+
+    def forward(self, x):
+        if self.form == "mha":
+            return self.mha(x, x, x, need_weights=False)[0]
+        b, s, d = x.shape
+        h = self.heads if self.form == "manual" else -1
+        q, k, v = F.linear(x, self.mha.in_proj_weight, self.mha.in_proj_bias).chunk(3, dim=-1)
+        q, k, v = (t.reshape(b, s, h, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+        out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
+        return self.mha.out_proj(out)
+
+
+class Block(nn.Module):
+    def __init__(self, dim: int, heads: int, mlp: int, form: str):
+        super().__init__()
+        self.ln1, self.attn = nn.LayerNorm(dim), Attention(dim, heads, form)
+        self.ln2, self.fc1, self.fc2 = nn.LayerNorm(dim), nn.Linear(dim, mlp), nn.Linear(mlp, dim)
+
+    def forward(self, x):
+        x = x + self.attn(self.ln1(x))
+        return x + self.fc2(F.gelu(self.fc1(self.ln2(x))))
+
+
+class ViT(nn.Module):
+    def __init__(self, width=1.0, num_classes=NUM_CLASSES, patch=4, depth=6, heads=4, attention="mha"):
+        super().__init__()
+        dim = _c(128, width, divisor=heads * 8)
+        self.norm = Normalize()
+        self.patch = nn.Conv2d(1, dim, patch, patch)
+        self.cls = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos = nn.Parameter(torch.randn(1, (28 // patch) ** 2 + 1, dim) * 0.02)
+        self.blocks = nn.Sequential(*[Block(dim, heads, 2 * dim, attention) for _ in range(depth)])
+        self.ln = nn.LayerNorm(dim)
+        self.head = nn.Linear(dim, num_classes)
+
+    def forward(self, x):
+        x = self.patch(self.norm(x)).flatten(2).transpose(1, 2)
+        x = torch.cat([self.cls.expand(x.shape[0], -1, -1), x], dim=1) + self.pos
+        return self.head(self.ln(self.blocks(x)[:, 0]))
+
+
+def vit(width=1.0, num_classes=NUM_CLASSES, attention="mha"):
+    return ViT(width, num_classes, attention=attention)
+
+
 ARCHS = {
     "tinyres": tinyres,
     "resnet18": resnet18,
     "vgg11bn": vgg11bn,
     "mobilenetv2": mobilenetv2,
     "resnet50s": resnet50s,
+    "vit": vit,
 }
 
 

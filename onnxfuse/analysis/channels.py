@@ -20,7 +20,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from ..graph.view import GraphView, node_label
-from .relations import Couple, Expand, Fixup, Freeze, Local, Member, Offset, Space
+from .relations import Couple, Expand, Fixup, Freeze, Inner, Local, Member, Offset, Space
 from .rules import relations_for, seed_spaces
 
 
@@ -79,6 +79,7 @@ def member_rows(group: Group, tensors: dict[str, gs.Tensor], min_ndim: int = 1,
 def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, int] | None = None) -> Analysis:
     g = GraphView(graph)
     relations, widths = _collect_relations(g, ignore)
+    relations = _inner_spaces_resolved(relations)
     frozen = _frozen_spaces(relations, widths)
     members, fixups = _members_and_fixups(relations, widths)
     groups = _build_groups(relations, widths, frozen, members)
@@ -147,6 +148,29 @@ def _space_relations(g: GraphView, tensor, space: Space, ignore):
     return out
 
 
+def _inner_spaces_resolved(relations) -> list:
+    """Every space coupled (through Couple chains) with an Inner one frozen for the same reason,
+    and the expansions of those spaces into merged axes dropped."""
+    parent: dict[Space, Space] = {}
+
+    def root(space: Space) -> Space:
+        while parent.setdefault(space, space) != space:
+            parent[space] = parent[parent[space]]
+            space = parent[space]
+        return space
+
+    for rel in relations:
+        if isinstance(rel, Couple):
+            parent[root(rel.a)] = root(rel.b)
+    reasons = {root(rel.space): rel.reason for rel in relations if isinstance(rel, Inner)}
+    if not reasons:
+        return relations
+    inner = [s for s in list(parent) + [rel.space for rel in relations if isinstance(rel, Inner)] if root(s) in reasons]
+    kept = [rel for rel in relations if not isinstance(rel, Inner)
+            and not (isinstance(rel, Expand) and root(rel.channel) in reasons)]
+    return kept + [Freeze(s, reasons[root(s)]) for s in dict.fromkeys(inner)]
+
+
 def _spaces_of(rel) -> list[Space]:
     if isinstance(rel, Couple):
         return [rel.a, rel.b]
@@ -154,7 +178,7 @@ def _spaces_of(rel) -> list[Space]:
         return [rel.whole, rel.part]
     if isinstance(rel, Expand):
         return [rel.channel, rel.flat]
-    if isinstance(rel, (Member, Freeze, Local)):
+    if isinstance(rel, (Member, Freeze, Inner, Local)):
         return [rel.space]
     return []
 

@@ -17,6 +17,9 @@ that axis relates to the axes of the node's other tensors. A rule answers with r
   scales, no biases).
 - `Local(space, width)`: a channel space of one node's own (a grouped conv's per-group channels).
 - `Freeze(space, reason)`: the space must keep all its channels.
+- `Inner(space, reason)`: the space runs inside blocks of another axis (a head's D channels after
+  a split (…, H·D) → (…, H, D)): frozen, and so is every space coupled with it, none of which
+  expands into a merged axis (the block axis does: merging H and D back must not tie the heads).
 - `Fixup(node, key, apply)`: an attribute or shape constant recomputed from the new widths.
 
 An op missing from the table freezes every space that reaches it: unknown means frozen.
@@ -80,6 +83,12 @@ class Freeze:
     reason: str
 
 
+@dataclass(frozen=True)
+class Inner:
+    space: Space
+    reason: str
+
+
 @dataclass(frozen=True, eq=False)
 class Fixup:
     node: str
@@ -90,4 +99,4 @@ class Fixup:
         return ("fixup", self.node, self.key)
 
 
-Relation = Couple | Offset | Expand | Member | Local | Freeze | Fixup
+Relation = Couple | Offset | Expand | Member | Local | Freeze | Inner | Fixup

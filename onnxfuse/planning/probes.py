@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from ..calibration.data import Dataset
-from ..graph.convert import export_model, import_graph, runnable
+from ..graph.convert import export_model, runnable
 from ..runtime.sessions import run, session
 from ..scaleout import run_tasks
 
@@ -31,10 +31,12 @@ PROBE_REPAIR = {"select": "lsq"}  # a damage probe compares plans; the repair's 
 
 
 class Probes:
-    def __init__(self, ctx, run_passes: Callable):
-        """`run_passes(ctx, names)` runs the passes of the current list with these names on `ctx`."""
+    def __init__(self, ctx, run_passes: Callable, remote_damage: Callable | None = None):
+        """`run_passes(ctx, names)` runs the passes of the current list with these names on `ctx`;
+        `remote_damage(snapshot, changes)` is `damage(**changes)` on a worker, from `snapshot()`."""
         self._ctx = ctx
         self._run = run_passes
+        self._remote_damage = remote_damage
 
     def damage(self, only_groups: tuple[int, ...] | None = None, fixed_counts: dict[int, int] | None = None,
                **changes) -> float:
@@ -51,15 +53,21 @@ class Probes:
 
     def damages(self, changes: list[dict], desc: str | None = None) -> list[float]:
         """[damage(**c) for c in changes]: with --ray, as Ray tasks, each on a copy of the context."""
-        ctx = self._ctx
-        if not ctx.options.ray:
+        ray = self._ctx.options.ray
+        if not ray or self._remote_damage is None:
             return run_tasks(lambda c: self.damage(**c), [(c,) for c in changes], None, desc=desc)
-        model = dataclasses.replace(ctx.model, graph=None)  # graphsurgeon graphs do not pickle: as ONNX
-        if not model.weights_dir:  # else its file, which the workers must see at the same path
+        return run_tasks(self._remote_damage, [(c,) for c in changes], ray, shared=self.snapshot(), desc=desc)
+
+    def snapshot(self) -> tuple:
+        """The context as a worker needs it: without its Probes, its graph as ONNX bytes beside it
+        (graphsurgeon graphs do not pickle), the original as a proto unless its weights are external
+        data (then its file, which the workers must see at the same path)."""
+        ctx = self._ctx
+        model = dataclasses.replace(ctx.model, graph=None)
+        if not model.weights_dir:
             model.source = model.original
-        snapshot = (dataclasses.replace(ctx, probes=None, model=model),
-                    export_model(ctx.model.graph, ctx.model.original).SerializeToString())
-        return run_tasks(_damage_task, [(c,) for c in changes], ctx.options.ray, shared=snapshot, desc=desc)
+        return (dataclasses.replace(ctx, probes=None, model=model),
+                export_model(ctx.model.graph, ctx.model.original).SerializeToString())
 
     def compressed(self, fixed_counts: dict[int, int]) -> onnx.ModelProto:
         """The model the configured recipe gives at these widths, the repair fitted on all the
@@ -87,19 +95,6 @@ class Probes:
                                         fixed_counts=fixed_counts)
         return dataclasses.replace(ctx, options=options, model=model, calibration=calibration, decisions=decisions,
                                    report={}, probes=None)
-
-
-def _damage_task(snapshot: tuple, changes: dict) -> float:
-    """One damage probe on a worker: the context arrives without its graph (ONNX bytes beside it)
-    and its Probes, which are rebuilt here."""
-    from ..pipeline.build import passes
-    from ..pipeline.steps import run_passes
-
-    ctx, graph = snapshot
-    ctx.model.graph = import_graph(onnx.load_from_string(graph), ctx.model.weights_dir)
-    pass_list = passes(ctx.options)
-    probes = Probes(ctx, lambda probe, wanted: run_passes(probe, [p for p in pass_list if p.name in wanted]))
-    return probes.damage(**changes)
 
 
 def output_damage(original, compressed, data: Dataset) -> float:

@@ -1,5 +1,6 @@
 """Ops that move channels between axes and tensors: Transpose, Squeeze/Unsqueeze, Pad, Concat, Split,
-Slice on the channel axis, and Flatten/Reshape of C×H×W into one feature axis."""
+Slice on the channel axis, Gather (token selection, embedding tables), Flatten/Reshape of C×H×W into
+one feature axis and Reshape of H·D into heads (H, D) and back."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...graph.view import GraphView, node_label
-from ..relations import Couple, Expand, Fixup, Freeze, Offset
+from ..relations import Couple, Expand, Fixup, Freeze, Inner, Member, Offset
 from .common import first_input, first_output, fix_reshape, norm_axis, replace_at
 from .norm import group_norm_pattern, group_norm_reshapes
 from .registry import register_op_rule
@@ -160,6 +161,51 @@ def _fix_slice(axis: int, i: int, start: int):
     return apply
 
 
+@register_op_rule("Gather")
+def gather(node, tensor, axis, g: GraphView):
+    """Gather along one axis: the other axes of the data pass through (renumbered by the indices'
+    rank), e.g. the cls token x[:, 0]; rows of a constant table (token embeddings) are written
+    channel by channel, so the table is the producer of the output's last axis."""
+    data, indices, y = node.inputs[0], node.inputs[1], first_output(node)
+    rank, index_rank = g.rank(data), g.rank(indices)
+    label = node_label(node)
+    if tensor is indices or rank is None or index_rank is None:
+        return [] if tensor is indices else [Freeze((tensor.name, axis), f"Gather with unknown ranks ({label})")]
+    along = norm_axis(int(node.attrs.get("axis", 0)), rank)
+    if isinstance(data, gs.Constant):
+        if rank == 2 and along == 0 and tensor is y and axis == index_rank:
+            return [Member((y.name, axis), data.name, 1, "producer", label, True)]
+        return [Freeze((tensor.name, axis), f"Gather from a constant other than an embedding table ({label})")]
+    if tensor is data:
+        if axis == along:
+            return [Freeze((data.name, axis), f"Gather selects along this axis ({label})")]
+        return [Couple((data.name, axis), (y.name, axis if axis < along else axis + index_rank - 1))]
+    if along <= axis < along + index_rank:
+        return [Freeze((y.name, axis), f"Gather's index axis ({label})")]
+    return [Couple((data.name, axis if axis < along else axis - index_rank + 1), (y.name, axis))]
+
+
+@register_op_rule("Expand")
+def expand(node, tensor, axis, g: GraphView):
+    """Expand (broadcast to a shape): axes of equal size pass through, broadcast size-1 axes tie
+    nothing; a constant expanded along the channel axis (a cls token) is rewritten with it."""
+    x, y = first_input(node), first_output(node)
+    if tensor is not x and tensor is not y:
+        return []
+    rank_x, rank_y = g.rank(x), g.rank(y)
+    if rank_x is None or rank_y is None:
+        return [Freeze((tensor.name, axis), f"Expand with unknown ranks ({node_label(node)})")]
+    x_axis = axis if tensor is x else axis - (rank_y - rank_x)
+    y_axis = x_axis + rank_y - rank_x
+    if x_axis < 0 or g.dim(x, x_axis) == 1 and g.dim(y, y_axis) != 1:
+        return []  # broadcast: the output's channels along this axis are copies of one value
+    if g.dim(x, x_axis) != g.dim(y, y_axis):
+        return [Freeze((tensor.name, axis), f"Expand to a size not known to match ({node_label(node)})")]
+    if isinstance(x, gs.Constant):
+        return [Member((y.name, y_axis), x.name, x_axis, "shift", node_label(node))]
+    return [Couple((x.name, x_axis), (y.name, y_axis))]
+
+
 @register_op_rule("Flatten")
 def flatten(node, tensor, axis, g: GraphView):
     x, y = first_input(node), first_output(node)
@@ -181,19 +227,64 @@ def reshape(node, tensor, axis, g: GraphView):
         return []
     in_shape, out_shape = g.shape(x), g.shape(y)
     groups = _reshape_groups(in_shape, out_shape)
-    if groups is None:
-        return [Freeze((tensor.name, axis), f"Reshape that cannot be matched axis by axis ({node_label(node)})")]
-    relations = _merge_relations(node, tensor, axis, x, y, in_shape, groups)
+    if groups is not None:
+        relations = _merge_relations(node, tensor, axis, x, y, in_shape, groups)
+        out_axes = [axis] if tensor is y else [o for a, o in groups if axis in a]
+    else:
+        splits = _reshape_groups(out_shape, in_shape)  # output axes that merge into an input axis: a split
+        if splits is None:
+            return [Freeze((tensor.name, axis), f"Reshape that cannot be matched axis by axis ({node_label(node)})")]
+        relations = _split_relations(node, tensor, axis, x, y, out_shape, splits)
+        out_axes = [axis] if tensor is y else next((o for o, a in splits if a == axis), [])
     if isinstance(node.inputs[1], gs.Constant):
         relations.append(Fixup(node_label(node), "reshape", fix_reshape))
         return relations
-    # A shape computed at run time is safe only where its entry for this axis is read from the
-    # running tensors or is -1/0; a fixed channel count inside it cannot follow the new width.
-    out_axis = axis if tensor is y else next((o for a, o in groups if axis in a), None)
+    # A shape computed at run time: entries read from the running tensors follow by themselves, -1
+    # and 0 too; literal entries built into it (a head count, a width) are rewritten by the fixup.
     entries = _concat_entries(node.inputs[1], g)
-    if entries is None or out_axis is None or out_axis >= len(entries) or entries[out_axis] not in (None, -1, 0):
-        return [Freeze((tensor.name, axis), f"Reshape to a computed shape with a fixed size ({node_label(node)})")]
+    if entries is None or any(o >= len(entries) for o in out_axes) or len(node.inputs[1].outputs) > 1:
+        return [Freeze((tensor.name, axis), f"Reshape to a shape computed in a way not followed ({node_label(node)})")]
+    if any(entries[o] not in (None, -1, 0) for o in out_axes):
+        relations.append(Fixup(node_label(node), "reshape", fix_concat_shape))
     return relations
+
+
+def _split_relations(node, tensor, axis, x, y, out_shape, splits):
+    """splits: (output axes, input axis) where one input axis splits into consecutive output axes
+    (…, H·D) → (…, H, D). The outer output axis indexes blocks of the input axis (head h ↔
+    channels h·D … (h+1)·D − 1): whole blocks are kept or removed; the inner axes stay whole."""
+    for out_axes, in_axis in splits:
+        if not ((tensor is x and axis == in_axis) or (tensor is y and axis in out_axes)):
+            continue
+        if len(out_axes) == 1:
+            return [Couple((x.name, in_axis), (y.name, out_axes[0]))]
+        if tensor is y and axis != out_axes[0]:
+            return [Inner((y.name, axis), f"{node.op} splits an axis into blocks and this axis runs inside each "
+                                          f"block; blocks are kept or removed whole ({node_label(node)})")]
+        dims = [out_shape[a] for a in out_axes]
+        if not all(isinstance(d, int) for d in dims):
+            return [Freeze((tensor.name, axis), f"{node.op} splits an axis into blocks of unknown size "
+                                                f"({node_label(node)})")]
+        index = np.arange(int(np.prod(dims))).reshape(dims[0], -1)
+        return [Expand((y.name, out_axes[0]), (x.name, in_axis), index)]
+    return [Freeze((tensor.name, axis), f"{node.op} merges axis {axis} with others ({node_label(node)})")]
+
+
+def fix_concat_shape(node: gs.Node, new_width, new_index):
+    """The literal entries of a shape built by Concat (used by this Reshape alone) set to the new
+    widths of the output's axes; each constant part is replaced, not changed (others may share it)."""
+    concat, y, position = node.inputs[1].inputs[0], node.outputs[0], 0
+    for k, part in enumerate(list(concat.inputs)):
+        if not isinstance(part, gs.Constant):
+            position += int(part.shape[0])
+            continue
+        values = np.array(np.atleast_1d(part.values))
+        for j, value in enumerate(values.tolist()):
+            width = new_width((y.name, position + j)) if value > 0 else None
+            if width is not None:
+                values[j] = width
+        concat.inputs[k] = gs.Constant(f"{node.name}_shape_part{k}", values.reshape(np.shape(part.values)))
+        position += values.size
 
 
 def _concat_entries(shape: gs.Tensor, g: GraphView) -> list[int | None] | None:
