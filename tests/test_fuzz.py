@@ -333,15 +333,20 @@ def test_input_model_bytes_unchanged(api):
 
 
 def test_se_gate_reshaped_to_nc11():
-    """The SE gate written `s.view(-1, C, 1, 1)` (a constant target shape): a Reshape that adds
-    size-1 axes couples the channels like Unsqueeze does, and its shape constant follows the new
-    width. Written `s.reshape(N, C, 1, 1)` with N read at run time, TorchScript builds the target
-    with Concat and C fixed inside it: that cannot follow, so the gate's groups stay frozen (the
-    fuzzer found the broken models this produced before)."""
-    def frozen(how):
+    """The SE gate written `s.view(-1, C, 1, 1)` (a constant target shape) or `s.reshape(N, C, 1, 1)`
+    with N read at run time (TorchScript builds that target with Concat, C fixed inside it): a
+    Reshape that adds size-1 axes couples the channels like Unsqueeze does, and the target follows
+    the new width, the constant one rewritten, the computed one made constant in normalize or its
+    literal C rewritten (the fuzzer found the broken models this produced before it did)."""
+    for how in ("view", "reshape"):
         spec = Spec(stem=8, blocks=(("se", 4, how, "sigmoid"),), head=("gap", 0))
-        groups = onnxfuse.inspect(onnx.load_from_string(_torchscript(spec, 17, True, False)))["groups"]
-        return [g["frozen"] for g in groups if not g["prunable"] and not g["frozen"].startswith("graph")]
-
-    assert frozen("view") == []
-    assert frozen("reshape") and all("computed shape" in reason for reason in frozen("reshape"))
+        model = onnx.load_from_string(_torchscript(spec, 17, True, False))
+        groups = onnxfuse.inspect(model)["groups"]
+        assert [g["frozen"] for g in groups if not g["prunable"] and not g["frozen"].startswith("graph")] == []
+        small, report = onnxfuse.compress(model, 0.5, validate=False, quiet=True)
+        onnx.checker.check_model(small, full_check=True)
+        assert report["macs_after"] < report["macs_before"]
+        shape = [d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim[1:]]
+        for batch in (1, 3):
+            feed = {model.graph.input[0].name: np.zeros((batch, *shape), dtype=np.float32)}
+            assert _session(small).run(None, feed)[0].shape[0] == batch

@@ -51,6 +51,8 @@ def layernorm(node, tensor, axis, g: GraphView):
     if tensor is not x and tensor is not y:
         return []
     rank = g.rank(x)
+    if rank is None:
+        return [Freeze((tensor.name, axis), f"LayerNormalization of unknown rank ({node_label(node)})")]
     first = norm_axis(int(node.attrs.get("axis", -1)), rank)
     if axis < first:
         return [Couple((x.name, axis), (y.name, axis))]

@@ -341,25 +341,50 @@ def _reshape_groups(in_shape, out_shape):
             i += 1
         if i >= len(in_shape):
             return None
-        axes = [i]
-        if not isinstance(dim, int) or not isinstance(in_shape[i], int):
-            if dim is None or dim != in_shape[i]:
-                return None
+        axes, target, prod = [i], _factors(dim), _factors(in_shape[i])
+        if target is None or prod is None:
+            return None
+        i += 1
+        while prod != target and _divides(prod, target) and i < len(in_shape) and _factors(in_shape[i]):
+            prod = _times(prod, _factors(in_shape[i]))
+            axes.append(i)
             i += 1
-        else:
-            prod = in_shape[i]
-            i += 1
-            while prod < dim and i < len(in_shape) and isinstance(in_shape[i], int):
-                prod *= in_shape[i]
-                axes.append(i)
-                i += 1
-            if prod != dim:
-                return None
+        if prod != target:
+            return None
         groups.append((axes, o))
     while i < len(in_shape) and in_shape[i] == 1 and groups:
         groups[-1][0].append(i)
         i += 1
     return groups if i == len(in_shape) else None
+
+
+def _factors(dim) -> tuple[int, tuple[str, ...]] | None:
+    """A dimension as (number, symbols) of a product: 128 → (128, ()), "50*batch" → (50, ("batch",));
+    None when unknown."""
+    if isinstance(dim, int):
+        return (dim, ())
+    if not isinstance(dim, str) or not dim:
+        return None
+    number, symbols = 1, []
+    for token in dim.replace(" ", "").split("*"):
+        if token.isdigit():
+            number *= int(token)
+        else:
+            symbols.append(token)
+    return number, tuple(sorted(symbols))
+
+
+def _times(a, b):
+    return a[0] * b[0], tuple(sorted(a[1] + b[1]))
+
+
+def _divides(a, b) -> bool:
+    rest = list(b[1])
+    for symbol in a[1]:
+        if symbol not in rest:
+            return False
+        rest.remove(symbol)
+    return a[0] != 0 and b[0] % a[0] == 0
 
 
 def _match_one_dynamic_dim(in_shape, out_shape):
