@@ -1,7 +1,8 @@
 """Transformers: attention heads, FFN neurons and the hidden width of a small ViT (models/zoo.py,
 random weights) in four export forms: attention written out with the head count a literal or -1 in
 the head-split Reshape, and nn.MultiheadAttention (heads folded into the batch axis, packed QKV picked
-with Gather) through the TorchScript exporter (targets computed from Shape ops) and the dynamo one."""
+with Gather) through the TorchScript exporter (targets computed from Shape ops) and the dynamo one,
+and the written-out form after ONNX Runtime's transformer optimizer (SkipLayerNormalization, BiasGelu)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from tests.helpers import run  # noqa: E402
 
 DIM, HEADS, DEPTH = 32, 4, 2
 HEAD = DIM // HEADS
-FORMS = ("manual", "manual-1", "mha", "dynamo")
+FORMS = ("manual", "manual-1", "mha", "dynamo", "ort-optimized")
 
 
 def vit(form: str, edit=None, seed: int = 0):
@@ -50,6 +51,13 @@ def export(model, path, form: str) -> str:
 
 
 def exported(tmp_path, form: str, edit=None) -> str:
+    if form == "ort-optimized":  # ONNX Runtime's transformer optimizer: SkipLayerNormalization, BiasGelu
+        from onnxruntime.transformers.optimizer import optimize_model
+
+        path = export(vit("manual", edit), tmp_path / "exported.onnx", "manual")
+        optimize_model(path, model_type="vit", num_heads=HEADS, hidden_size=DIM, opt_level=0,
+                       use_gpu=False).save_model_to_file(str(tmp_path / "vit.onnx"))
+        return str(tmp_path / "vit.onnx")
     return export(vit("mha" if form == "dynamo" else form, edit), tmp_path / "vit.onnx", form)
 
 

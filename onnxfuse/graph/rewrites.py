@@ -111,11 +111,13 @@ def unshare_constants(graph: gs.Graph) -> list[str]:
     for tensor in list(graph.tensors().values()):
         if not isinstance(tensor, gs.Constant) or np.prod(tensor.shape) <= 1 or len(tensor.outputs) <= 1:
             continue
-        for node in list(tensor.outputs)[1:]:
-            for i, inp in enumerate(node.inputs):
-                if inp is tensor:
-                    node.inputs[i] = gs.Constant(f"{tensor.name}__{node.name}", np.array(tensor.values))
-                    count += 1
+        nodes = list({id(node): node for node in tensor.outputs}.values())
+        readers = [(node, i) for node in nodes for i, t in enumerate(node.inputs) if t is tensor]
+        for k, (node, i) in enumerate(readers[1:]):
+            repeated = k > 0 and readers[k][0] is node  # one node reading it twice (a bias and a shift)
+            name = f"{tensor.name}__{node.name}" + (f"_{i}" if repeated else "")
+            node.inputs[i] = gs.Constant(name, np.array(tensor.values))
+            count += 1
     return [f"{count} shared constants unshared"] if count else []
 
 

@@ -26,6 +26,26 @@ def unary(node, tensor, axis, g: GraphView):
     return [Couple((x.name, axis), (y.name, axis))]
 
 
+@register_op_rule("com.microsoft.BiasGelu", "com.microsoft.FastGelu", "com.microsoft.BiasAdd")
+def bias_activation(node, tensor, axis, g: GraphView):
+    """ONNX Runtime's fused activations: elementwise on input 0 plus a 1-D bias on the last axis
+    (BiasAdd: plus a skip input of the same shape)."""
+    x, y = first_input(node), first_output(node)
+    rank = g.rank(x)
+    bias = g.input(node, 1)
+    if rank is None:
+        return [Freeze((tensor.name, axis), f"{node.op} of unknown rank ({node_label(node)})")]
+    relations = [Couple((x.name, axis), (y.name, axis))]
+    skip = g.input(node, 2) if node.op == "BiasAdd" else None
+    if skip is not None and g.rank(skip) == rank:
+        relations.append(Couple((skip.name, axis), (y.name, axis)))
+    if bias is not None and axis == rank - 1:
+        if not isinstance(bias, gs.Constant) or bias.values.ndim != 1:
+            return [Freeze((tensor.name, axis), f"{node.op} with a computed bias ({node_label(node)})")]
+        relations.append(Member((y.name, axis), bias.name, 0, "shift", node_label(node)))
+    return relations
+
+
 @register_op_rule("MaxPool", "AveragePool", "GlobalAveragePool", "GlobalMaxPool", "LpPool", "GlobalLpPool", "Resize",
                   "Upsample")
 def spatial_pool(node, tensor, axis, g: GraphView):

@@ -76,6 +76,38 @@ def _per_group(x: gs.Tensor, y: gs.Tensor, groups: int, width: int) -> list:
             Expand(local, (x.name, 1), np.arange(width).reshape(groups, per).T)]
 
 
+@register_op_rule("com.microsoft.SkipLayerNormalization", "com.microsoft.SkipSimplifiedLayerNormalization")
+def skip_layernorm(node, tensor, axis, g: GraphView):
+    """ONNX Runtime's LayerNormalization(input + skip + bias) over the last axis, optionally also
+    writing the sum (output 3): input, skip, the output and the sum share every axis; gamma scales,
+    beta and bias shift the channels. Its mean and inverse deviation outputs read all channels."""
+    x, y = first_input(node), first_output(node)
+    rank = g.rank(x)
+    if rank is None:
+        return [Freeze((tensor.name, axis), f"{node.op} of unknown rank ({node_label(node)})")]
+    label = node_label(node)
+    axis = norm_axis(axis, g.rank(tensor) or rank) + rank - (g.rank(tensor) or rank)  # skip may lack batch axes
+    tensors = [t for t in (x, g.input(node, 1), y, node.outputs[3] if len(node.outputs) > 3 else None)
+               if t is not None and not t.is_empty()]
+    relations = [Couple((x.name, axis), (t.name, axis - rank + g.rank(t))) for t in tensors[1:]
+                 if g.rank(t) is not None and axis - rank + g.rank(t) >= 0]
+    if axis != rank - 1:
+        return relations
+    if any(not o.is_empty() and o.outputs for o in node.outputs[1:3]):
+        return [Freeze((tensor.name, axis), f"{node.op} with its statistics used ({label})")]
+    simplified = node.op == "SkipSimplifiedLayerNormalization"
+    roles = [(2, "param", True)] + ([] if simplified else [(3, "shift", False)]) + [(3 if simplified else 4, "shift",
+                                                                                     False)]
+    for i, role, scored in roles:
+        p = g.input(node, i)
+        if p is None:
+            continue
+        if not isinstance(p, gs.Constant) or p.values.ndim != 1:
+            return [Freeze((tensor.name, axis), f"{node.op} with computed parameters ({label})")]
+        relations.append(Member((x.name, axis), p.name, 0, role, label, scored))
+    return relations
+
+
 @register_op_rule("GroupNormalization")
 def group_normalization(node, tensor, axis, g: GraphView):
     """GroupNormalization: scale and bias are per group up to opset 20 (they stay), per channel
