@@ -13,6 +13,9 @@ Architectures (all with a width multiplier ``width``):
   vit          Vision Transformer: 4x4 patches (49 tokens + cls), 6 pre-norm blocks of width 128,
                4 heads, MLP 256; attention as nn.MultiheadAttention or written out (`attention=`),
                one state_dict for both
+  TextEncoder  BERT-style encoder for structure tests (random weights): input_ids and attention_mask
+               (N, S) with S dynamic, token + position embeddings, post-norm blocks with the mask
+               added to the scores, a pooled first token and a classifier
 """
 from __future__ import annotations
 
@@ -268,7 +271,8 @@ class Attention(nn.Module):
         self.mha = nn.MultiheadAttention(dim, heads, batch_first=True)
         self.heads, self.form = heads, form
 
-    def forward(self, x):
+    def forward(self, x, bias=None):
+        """`bias`: added to the attention scores (a mask, (N, 1, 1, S)); written-out forms only."""
         if self.form == "mha":
             return self.mha(x, x, x, need_weights=False)[0]
         b, s, d = x.shape
@@ -276,6 +280,8 @@ class Attention(nn.Module):
         q, k, v = F.linear(x, self.mha.in_proj_weight, self.mha.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.reshape(b, s, h, d // self.heads).transpose(1, 2) for t in (q, k, v))
         scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
+        if bias is not None:
+            scores = scores + bias
         out = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, d)
         return self.mha.out_proj(out)
 
@@ -311,6 +317,25 @@ class ViT(nn.Module):
 
 def vit(width=1.0, num_classes=NUM_CLASSES, attention="mha"):
     return ViT(width, num_classes, attention=attention)
+
+
+class TextEncoder(nn.Module):
+    def __init__(self, vocab=1000, dim=64, depth=2, heads=4, max_len=64, classes=2, form="manual"):
+        super().__init__()
+        self.tokens, self.positions = nn.Embedding(vocab, dim), nn.Embedding(max_len, dim)
+        self.ln = nn.LayerNorm(dim)
+        self.blocks = nn.ModuleList(Block(dim, heads, 4 * dim, form) for _ in range(depth))
+        self.pool, self.head = nn.Linear(dim, dim), nn.Linear(dim, classes)
+        self.heads = heads
+
+    def forward(self, input_ids, attention_mask):
+        positions = torch.arange(input_ids.shape[1], device=input_ids.device)
+        x = self.ln(self.tokens(input_ids) + self.positions(positions))
+        bias = (1.0 - attention_mask[:, None, None, :].float()) * -1e4
+        for block in self.blocks:
+            x = block.ln1(x + block.attn(x, bias))
+            x = block.ln2(x + block.fc2(F.gelu(block.fc1(x))))
+        return self.head(torch.tanh(self.pool(x[:, 0])))
 
 
 ARCHS = {

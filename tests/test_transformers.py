@@ -140,3 +140,43 @@ def test_merging_duplicate_heads_reproduces_the_outputs(tmp_path, form):
     np.testing.assert_allclose(run(fused, images())[0], run(onnx.load(path), images())[0], atol=1e-4)
     pruned, _ = onnxfuse.compress(path, sparsity=0.5, method="prune", ignore=only_heads(path), quiet=True)
     assert np.abs(run(pruned, images())[0] - run(onnx.load(path), images())[0]).max() > 1e-2  # dropping is not
+
+
+def test_text_encoder_with_mask_and_dynamic_sequence(tmp_path):
+    """A BERT-style encoder (input_ids, attention_mask; batch and sequence dynamic): heads, FFN, the
+    pooler and the hidden width, which token and position embedding tables write; 0.5 runs at any
+    batch and sequence length, 0 reproduces."""
+    from models.zoo import TextEncoder
+
+    torch.manual_seed(0)
+    model = TextEncoder().eval()
+    ids, mask = torch.randint(0, 1000, (2, 16)), torch.ones(2, 16, dtype=torch.int64)
+    path = str(tmp_path / "encoder.onnx")
+    dynamic = {0: "batch", 1: "sequence"}
+    torch.onnx.export(model, (ids, mask), path, opset_version=17, input_names=["input_ids", "attention_mask"],
+                      output_names=["logits"], dynamic_axes={"input_ids": dynamic, "attention_mask": dynamic,
+                                                             "logits": {0: "batch"}}, dynamo=False)
+    groups = onnxfuse.inspect(path)["groups"]
+    prunable = sorted(g["width"] for g in groups if g["prunable"])
+    assert prunable == [4, 4, 64, 64, 256, 256]  # heads, the pooler and the hidden width, FFN
+    hidden = next(g for g in groups if g["prunable"] and "/tokens/Gather" in g["producers"])
+    assert "/positions/Gather" in hidden["producers"]
+
+    def feeds(batch, sequence):
+        rng = np.random.default_rng(sequence)
+        attention = np.ones((batch, sequence), dtype=np.int64)
+        attention[0, sequence // 2:] = 0
+        return {"input_ids": rng.integers(0, 1000, (batch, sequence)), "attention_mask": attention}
+
+    import onnxruntime as ort
+
+    want = ort.InferenceSession(path)
+    same, _ = onnxfuse.compress(path, sparsity=0.0, quiet=True)
+    small, report = onnxfuse.compress(path, sparsity=0.5, method="fuse", quiet=True)
+    onnx.checker.check_model(small, full_check=True)
+    assert report["macs_after"] < 0.4 * report["macs_before"]
+    for batch, sequence in ((1, 5), (3, 40)):
+        expected = want.run(None, feeds(batch, sequence))[0]
+        got = ort.InferenceSession(same.SerializeToString()).run(None, feeds(batch, sequence))[0]
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-5)
+        assert ort.InferenceSession(small.SerializeToString()).run(None, feeds(batch, sequence))[0].shape == (batch, 2)

@@ -242,7 +242,8 @@ def random_inputs(model: onnx.ModelProto, batch: int = 8, seed: int = 0,
 
 
 IMAGE_SIDES = (224, 32, 28, 64, 96, 128, 256, 299, 320, 384, 416, 512, 640)  # tried in this order
-SEQUENCE = 128  # any other dynamic axis but the batch
+SEQUENCES = (128, 64, 32, 16, 8, 256, 512)  # any other dynamic axis but the batch, tried in this order
+SEQUENCE = SEQUENCES[0]
 
 
 def image_sides(model: onnx.ModelProto) -> list[tuple[int, int]]:
@@ -253,10 +254,10 @@ def image_sides(model: onnx.ModelProto) -> list[tuple[int, int]]:
 
 
 def representative_shapes(model: onnx.ModelProto, given: dict[str, list[int]] | None = None,
-                          sides: tuple[int, int] | None = None) -> dict[str, list[int]]:
+                          sides: tuple[int, int] | None = None, sequence: int = SEQUENCE) -> dict[str, list[int]]:
     """Shapes (batch 1) for the inputs with dynamic dimensions that `given` does not cover: an image
     input's (rank 4) dynamic axes from `sides` (default: the first of `image_sides`), any other
-    dynamic axis SEQUENCE."""
+    dynamic axis `sequence`."""
     sides = sides or image_sides(model)[0]
     shapes = {}
     for spec in input_specs(model):
@@ -265,7 +266,7 @@ def representative_shapes(model: onnx.ModelProto, given: dict[str, list[int]] | 
         if (given and spec.name in given) or not dynamic:
             continue
         for k, axis in enumerate(dynamic):
-            dims[axis] = sides[min(k, 1)] if len(dims) == 4 else SEQUENCE
+            dims[axis] = sides[min(k, 1)] if len(dims) == 4 else sequence
         shapes[spec.name] = [1] + dims[1:]
     return shapes
 

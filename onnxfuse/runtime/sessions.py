@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 import onnx
 import onnxruntime as ort
 
-from ..calibration.data import Dataset, image_sides, input_specs, random_inputs, representative_shapes
+from ..calibration.data import SEQUENCES, Dataset, image_sides, input_specs, random_inputs, representative_shapes
 from ..errors import OnnxfuseError
 from ..log import ort_severity
 
@@ -90,8 +92,9 @@ def assumed_input_shapes(model: onnx.ModelProto, given: dict[str, list[int]],
     sess = session(source or model, "cpu")
     silent = ort.RunOptions()
     silent.log_severity_level = 4  # a size that does not fit is expected here, not an error to print
-    for sides in image_sides(model):
-        shapes = representative_shapes(model, given, sides)
+    candidates = list(zip(image_sides(model), itertools.cycle(SEQUENCES)))
+    for sides, sequence in candidates:
+        shapes = representative_shapes(model, given, sides, sequence)
         try:
             sess.run(None, random_inputs(model, batch=1, shapes={**given, **shapes}).feeds, silent)
             return shapes
@@ -99,4 +102,5 @@ def assumed_input_shapes(model: onnx.ModelProto, given: dict[str, list[int]],
             continue
     names = ", ".join(representative_shapes(model, given))
     raise OnnxfuseError(f"input(s) {names} have dynamic dimensions and the model runs at none of the sizes tried "
-                        f"({', '.join(f'{h}x{w}' for h, w in image_sides(model))}); give them with --input-shape")
+                        f"({', '.join(f'{h}x{w}' for h, w in image_sides(model))}; sequences "
+                        f"{', '.join(map(str, SEQUENCES))}); give them with --input-shape")
