@@ -19,4 +19,5 @@ class Normalize(Pass):
         graph = infer_shapes(import_graph(model.original, model.weights_dir), model.original)  # lets Shape ops fold
         ctx.report["normalize"] = normalize(graph, fold_bn=ctx.options.fold_bn)
         model.graph = infer_shapes(graph, model.original)
-        ctx.report["normalize"] += normalize_attention(model.graph, model.original, ctx.options.fold_bn)
+        ctx.report["normalize"] += normalize_attention(model.graph, model.original, ctx.options.fold_bn,
+                                                       model.input_shapes)

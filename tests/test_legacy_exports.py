@@ -15,6 +15,7 @@ import pytest
 from onnx import numpy_helper
 
 import onnxfuse
+from tests.helpers import run
 from tests.netbuilder import Net
 
 SHAPE = (1, 3, 16, 16)
@@ -273,8 +274,18 @@ def test_upsample_over_channels_is_frozen():
     assert any("scales the channel axis by 2" in r for r in reasons), reasons
 
 
-def test_channel_shuffle_is_frozen_with_its_reason():
-    info = _groups(shufflenet())
-    reasons = [g["frozen"] for g in info["groups"] if not g["prunable"]]
-    assert any("Reshape" in r or "Transpose" in r for r in reasons), reasons
-    assert any(g["prunable"] for g in info["groups"])
+def test_channel_shuffle_prunes_whole_shuffle_groups():
+    """(N, 8) → (N, 2, 4) → transpose → (N, 8): shuffle group g is input channels 4g … 4g+3 and output
+    channels g, g+2, …; a group of width 2 keeps or drops them whole (the 4 inside stay whole), and
+    both Reshape targets follow."""
+    model = shufflenet()
+    info = _groups(model)
+    assert [g["frozen"] for g in info["groups"] if not g["prunable"]] == ["graph input [x]", "graph output [gemm75]"]
+    assert any(g["prunable"] and g["width"] == 2 for g in info["groups"])
+    x = np.random.default_rng(0).standard_normal(SHAPE).astype(np.float32)
+    same, _ = onnxfuse.compress(model, 0.0, validate=False, quiet=True)
+    np.testing.assert_allclose(run(same, x)[0], run(model, x)[0], atol=1e-5)
+    small, report = onnxfuse.compress(model, 0.5, validate=False, quiet=True)
+    onnx.checker.check_model(small, full_check=True)
+    assert [g["kept"] for g in report["groups"] if g["prunable"] and g["width"] == 2] == [1]
+    assert run(small, x)[0].shape == (1, 10)

@@ -108,3 +108,16 @@ def test_dynamic_spatial_inputs_compress_without_a_shape(tmp_path, capsys):
     assert report["assumed_input_shapes"] == {"x": [1, 3, 224, 224]} and "1x3x224x224" in err
     at_that_size = onnxfuse.inspect(str(path), input_shape=["1,3,224,224"])
     assert report["macs_before"] == at_that_size["macs"] and report["validation"]["samples"] == 8
+
+
+def test_ppocr_rec_attention_heads_are_groups():
+    """PP-OCRv4 rec (SVTR, exported by paddle2onnx): packed QKV picked out with Slice + Squeeze,
+    Reshape targets computed at run time; its two attention blocks' 8 heads are groups now."""
+    path = _package_file("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx")
+    report = onnxfuse.inspect(str(path), input_shape=["1,3,48,320"])
+    heads = [g for g in report["groups"] if g["prunable"] and g["width"] == 8]
+    assert len(heads) == 2 and all(len(g["producers"]) == len(g["consumers"]) == 1 for g in heads)
+    compressed, out = onnxfuse.compress(str(path), 0.5, input_shape=["1,3,48,320"], validate=False, quiet=True)
+    assert [g["kept"] for g in out["groups"] if g["prunable"] and g["width"] == 8] == [4, 4]
+    x = np.random.default_rng(0).standard_normal((2, 3, 48, 320)).astype(np.float32)
+    assert run(compressed, x)[0].shape == run(onnx.load(str(path)), x)[0].shape

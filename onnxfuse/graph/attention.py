@@ -9,7 +9,8 @@ at run time. Three rewrites undo that, each only where it is proven to compute t
   sizes of the dynamic input dimensions, becomes a constant (the one entry that varies: -1);
 - `unfold_reshape_chains`: Reshape → Transpose → Reshape that equals one Reshape splitting axes
   and one Transpose becomes those two (checked on an index tensor at two sizes of the symbolic dims);
-- `selects_to_slices`: Gather of one block of a split axis becomes a Slice of the unsplit axis.
+- `selects_to_slices`: Gather of one block of a split axis becomes a Slice of the unsplit axis
+  (then split and transposed as the Gather's output was).
 """
 
 from __future__ import annotations
@@ -19,15 +20,18 @@ import itertools
 import numpy as np
 import onnx
 import onnx_graphsurgeon as gs
+import onnxruntime as ort
 
 
-def normalize_attention(graph: gs.Graph, like: onnx.ModelProto, fold_bn: bool) -> list[str]:
+def normalize_attention(graph: gs.Graph, like: onnx.ModelProto, fold_bn: bool,
+                        input_shapes: dict[str, list[int]] | None = None) -> list[str]:
     """The three rewrites in order, shapes inferred afresh after each that changed the graph
-    (graph: normalised already, shapes inferred). Returns a line per change for the report."""
+    (graph: normalised already, shapes inferred; `input_shapes`: sizes the model runs at, for its
+    dynamic input dimensions). Returns a line per change for the report."""
     from .rewrites import normalize
     from .shapes import infer_shapes
 
-    notes = fold_runtime_shapes(graph, like)
+    notes = fold_runtime_shapes(graph, like, input_shapes or {})
     if notes:  # the Shape arithmetic that computed the targets is dead now
         normalize(graph, fold_bn)
         infer_shapes(graph, like)
@@ -39,55 +43,107 @@ def normalize_attention(graph: gs.Graph, like: onnx.ModelProto, fold_bn: bool) -
     return notes
 
 
-def fold_runtime_shapes(graph: gs.Graph, like: onnx.ModelProto) -> list[str]:
-    """Reshapes whose target is computed and whose output shape is not all numbers."""
+def fold_runtime_shapes(graph: gs.Graph, like: onnx.ModelProto, input_shapes: dict[str, list[int]]) -> list[str]:
+    """Reshapes whose target is computed and whose output shape is not all numbers: their targets
+    evaluated at a base size (batch 2, the other dynamic dimensions as in `input_shapes`) and with
+    each dynamic dimension changed alone (a change the model does not run at: that dimension is
+    taken as fixed); the constant targets are kept only if the model then computes what it did
+    with all those changes at once."""
     reshapes = [n for n in graph.nodes if n.op == "Reshape" and not isinstance(n.inputs[1], gs.Constant)
                 and not _known(n.outputs[0].shape)]
     if not reshapes:
         return []
-    values = _evaluate(graph, like, [n.inputs[1] for n in reshapes])
-    if values is None:
+    from .convert import export_model
+
+    before = export_model(graph, like)
+    base, changes = _trial_sizes(before, input_shapes)
+    names = [t.name for n in reshapes for t in n.inputs[:2]]
+    values, combined = [_run(before, names, base)], {name: list(dims) for name, dims in base.items()}
+    for name, axis, alone, together in changes:
+        size = {n: list(dims) for n, dims in base.items()}
+        size[name][axis] = alone
+        ran = _run(before, names, size) if values[0] is not None else None
+        if ran is not None:  # else the model does not run with this dimension changed: it is fixed
+            values.append(ran)
+            combined[name][axis] = together
+    if values[0] is None or len(values) < 2:
         return []
-    folded = 0
+    targets = {n.name: t for n in reshapes if (t := _constant_target(n, values)) is not None}
+    computed = {node.name: node.inputs[1] for node in reshapes}
     for node in reshapes:
-        first, second = (np.asarray(v[node.inputs[1].name]).astype(np.int64) for v in values)
-        if first.shape != second.shape:
-            continue
-        varying = np.flatnonzero(first != second)
-        if len(varying) > 1 or (len(varying) == 1 and -1 in first.tolist()):
-            continue
-        target = first.copy()
-        target[varying] = -1
-        node.inputs[1] = gs.Constant(f"{node.name}_target", target)
-        folded += 1
-    return [f"{folded} Reshape targets computed at run time made constant"] if folded else []
+        if node.name in targets:
+            node.inputs[1] = gs.Constant(f"{node.name}_target", targets[node.name])
+    outputs = [o.name for o in before.graph.output]
+    check = [_run(m, outputs, combined) for m in (before, export_model(graph, like))]
+    if None in check or any(a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-5)
+                            for a, b in zip(check[0].values(), check[1].values())):
+        for node in reshapes:  # not proven: the computed targets stay
+            node.inputs[1] = computed[node.name]
+        return []
+    return [f"{len(targets)} Reshape targets computed at run time made constant"] if targets else []
+
+
+def _constant_target(node: gs.Node, values: list[dict]) -> np.ndarray | None:
+    """One target for every size: entries that vary and equal the input's size on that axis
+    become 0 (copy it) unless the node forbids that, one other varying entry -1."""
+    targets = [np.asarray(v[node.inputs[1].name]).astype(np.int64) for v in values]
+    shapes = [v[node.inputs[0].name].shape for v in values]
+    first = targets[0]
+    if first.ndim != 1 or any(t.shape != first.shape for t in targets):
+        return None
+    target, varying = first.copy(), []
+    for i in np.flatnonzero(np.any([t != first for t in targets], axis=0)):
+        if not node.attrs.get("allowzero", 0) and all(i < len(s) and s[i] == t[i] for s, t in zip(shapes, targets)):
+            target[i] = 0
+        else:
+            varying.append(i)
+    if len(varying) > 1 or (varying and -1 in first.tolist()):
+        return None
+    target[varying] = -1
+    return target
 
 
 def _known(shape) -> bool:
     return shape is not None and all(isinstance(d, int) for d in shape)
 
 
-def _evaluate(graph: gs.Graph, like: onnx.ModelProto, tensors: list[gs.Tensor]) -> list[dict] | None:
-    """The values of `tensors` on zero inputs at two sizes of the dynamic dimensions (None when the
-    model cannot be run so)."""
-    from ..runtime.sessions import session
-    from .convert import export_model
+def _trial_sizes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]):
+    """The base input shapes (batch 2; other dynamic dimensions from `input_shapes`, else 8) and per
+    dynamic dimension (input, axis, its size changed alone, its size when all change together)."""
+    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
+              for i in model.graph.input}
+    base, changes = {}, []
+    for name, dims in inputs.items():
+        given = input_shapes.get(name) or [0] * len(dims)
+        base[name] = [d if d is not None else 2 if axis == 0 else given[axis] or 8 for axis, d in enumerate(dims)]
+        changes += [(name, axis, 3, 4) if axis == 0 else (name, axis, 2 * base[name][axis], 3 * base[name][axis])
+                    for axis, d in enumerate(dims) if d is None]
+    return base, changes
 
-    model = export_model(graph, like)
+
+def _run(model: onnx.ModelProto, names: list[str], size: dict[str, list[int]]) -> dict | None:
+    """The tensors `names` on seeded inputs of these shapes (zeros for integers); None when the
+    model does not run at them."""
+    from ..runtime.sessions import session
+
+    model = onnx.ModelProto.FromString(model.SerializeToString())
     del model.graph.value_info[:]
-    names = [t.name for t in tensors]
+    names = list(dict.fromkeys(names))
     existing = {o.name for o in model.graph.output}
-    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in dict.fromkeys(names) if n not in existing)
+    model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
+    silent = ort.RunOptions()
+    silent.log_severity_level = 4  # a size the model cannot run at is an answer here, not an error to print
+    rng = np.random.default_rng(0)
     try:
         sess = session(model, "cpu", fuse_nodes=False)
-        results = []
-        for size in (3, 5):
-            feeds = {i.name: np.zeros([d if isinstance(d, int) and d > 0 else size for d in i.shape or []],
-                                      dtype=i.type and _dtype(i.type)) for i in sess.get_inputs()}
-            outputs = sess.run(names, feeds)
-            results.append(dict(zip(names, outputs)))
-        return results
-    except Exception:  # a model that does not run on zeros at these sizes: its Reshapes stay as they are
+        feeds = {}
+        for i in sess.get_inputs():
+            dtype = _dtype(i.type)
+            dims = size[i.name]
+            feeds[i.name] = (rng.standard_normal(dims).astype(dtype) if np.dtype(dtype).kind == "f"
+                             else np.zeros(dims, dtype=dtype))
+        return dict(zip(names, sess.run(names, feeds, silent)))
+    except Exception:  # onnxruntime's own error types: the model does not run at these sizes
         return None
 
 
@@ -194,36 +250,56 @@ def _refines(dims: list[int], shape: list[int]) -> bool:
 
 def selects_to_slices(graph: gs.Graph) -> list[str]:
     count = 0
-    for gather in [n for n in graph.nodes if n.op == "Gather"]:
-        found = _select_source(gather)
+    for last in list(graph.nodes):
+        select = _selection(last)
+        found = _select_source(select[0]) if select else None
         if found is None:
             continue
         source, chain = found
-        piece = _as_slice(source, chain, gather)
+        piece = _as_slice(source, chain + select)
         if piece is None:
             continue
-        bounds = [gs.Constant(f"{gather.name}_{name}", np.array([value], dtype=np.int64))
-                  for name, value in zip(("starts", "ends", "axes"), (piece[1], piece[2], piece[0]))]
-        out = gather.outputs[0]
-        gather.inputs.clear()
-        gather.outputs.clear()
-        graph.nodes.append(gs.Node("Slice", f"{gather.name}_slice", {}, [source, *bounds], [out]))
+        axis, start, end, target, perm = piece
+        name = select[0].name
+        bounds = [gs.Constant(f"{name}_{what}", np.array([value], dtype=np.int64))
+                  for what, value in zip(("starts", "ends", "axes"), (start, end, axis))]
+        out = last.outputs[0]
+        for node in select:
+            node.inputs.clear()
+            node.outputs.clear()
+        moved = perm != sorted(perm) or len(target) != len(source.shape)
+        sliced = gs.Variable(f"{name}_sliced", dtype=out.dtype) if moved else out
+        graph.nodes.append(gs.Node("Slice", f"{name}_slice", {}, [source, *bounds], [sliced]))
+        if moved:
+            split = gs.Variable(f"{name}_split", dtype=out.dtype)
+            graph.nodes.append(gs.Node("Reshape", f"{name}_split", {},
+                                       [sliced, gs.Constant(f"{name}_target", np.array(target, np.int64))], [split]))
+            graph.nodes.append(gs.Node("Transpose", f"{name}_order", {"perm": perm}, [split], [out]))
         count += 1
     if count:
         graph.cleanup(remove_unused_graph_inputs=False).toposort()
-    return [f"{count} Gathers of one block of a split axis written as Slices"] if count else []
+    return [f"{count} selections of one block of a split axis written as Slices"] if count else []
 
 
 MOVES = ("Reshape", "Transpose", "Squeeze", "Unsqueeze")
 
 
-def _select_source(gather: gs.Node):
-    """(the tensor before a Reshape → moves chain, the chain) feeding a Gather of one constant
-    index, or None."""
-    index = gather.inputs[1]
-    if not isinstance(index, gs.Constant) or np.asarray(index.values).ndim != 0:
+def _selection(node: gs.Node) -> list[gs.Node] | None:
+    """[Gather] of one constant index, or [Slice, Squeeze] of one element along an axis."""
+    if not node.inputs or any(not isinstance(t, gs.Constant) for t in node.inputs[1:]):
         return None
-    chain, tensor = [], gather.inputs[0]
+    if node.op == "Gather" and np.asarray(node.inputs[1].values).ndim == 0:
+        return [node]
+    if node.op == "Squeeze" and node.inputs[0].inputs and len(node.inputs[0].outputs) == 1:
+        picked = node.inputs[0].inputs[0]
+        if picked.op == "Slice" and all(isinstance(t, gs.Constant) for t in picked.inputs[1:]):
+            return [picked, node]
+    return None
+
+
+def _select_source(first: gs.Node):
+    """(the tensor before a Reshape → moves chain, the chain) that feeds `first`, or None."""
+    chain, tensor = [], first.inputs[0]
     while tensor.inputs and tensor.inputs[0].op in MOVES and len(chain) < 6:
         node = tensor.inputs[0]
         if any(not isinstance(t, gs.Constant) for t in node.inputs[1:]):
@@ -237,14 +313,16 @@ def _select_source(gather: gs.Node):
     return tensor, chain
 
 
-def _as_slice(source: gs.Tensor, chain: list[gs.Node], gather: gs.Node):
-    """(axis, start, end) with source[start:end] along axis equal to the Gather's output at two
-    sizes of the symbolic dims, or None."""
+def _as_slice(source: gs.Tensor, chain: list[gs.Node]):
+    """(axis, start, end, split target, perm): source[start:end] along axis, reshaped to the target
+    and transposed by perm, equals the chain's output at two sizes of the symbolic dims; None if
+    no such slice exists."""
     shape = list(source.shape)
     symbols = sorted({d for d in shape if not isinstance(d, int)})
-    found = None
+    found, splits, sizes = None, [], []
     for trial in (dict(zip(symbols, range(7, 100, 4))), dict(zip(symbols, range(11, 200, 6)))):
         concrete = [trial.get(d, d) for d in shape]
+        sizes.append(concrete)
         if not all(isinstance(d, int) and d > 0 for d in concrete):
             return None
         x = np.arange(int(np.prod(concrete))).reshape(concrete)
@@ -252,25 +330,53 @@ def _as_slice(source: gs.Tensor, chain: list[gs.Node], gather: gs.Node):
             y = x
             for node in chain:
                 y = _move(y, node)
-            y = np.take(y, int(np.asarray(gather.inputs[1].values)), axis=int(gather.attrs.get("axis", 0)))
         except (ValueError, IndexError):
             return None
-        pieces = {piece for piece in _slices(x, y)}
-        found = pieces if found is None else found & pieces
-    return min(found) if found else None
+        pieces = dict(_slices(x, y))
+        found = set(pieces) if found is None else found & set(pieces)
+        splits.append(pieces)
+    if not found:
+        return None
+    piece = min(found)
+    first, second = (pieces[piece] for pieces in splits)
+    target, varying = list(first), []
+    for i in (i for i, (a, b) in enumerate(zip(first, second)) if a != b):
+        if i < len(shape) and i != piece[0] and all(split[i] == size[i] for split, size in zip((first, second), sizes)):
+            target[i] = 0  # the sliced tensor's own size on that axis
+        else:
+            varying.append(i)
+    if len(varying) > 1:
+        return None
+    return (*piece[:3], [-1 if i in varying else d for i, d in enumerate(target)], list(piece[3]))
 
 
 def _slices(x: np.ndarray, y: np.ndarray):
+    """((axis, start, end, perm), split sizes) for every block of one axis of x that, split and
+    transposed, is y."""
     for axis in range(x.ndim):
-        if y.ndim != x.ndim or any(a != b for i, (a, b) in enumerate(zip(x.shape, y.shape)) if i != axis):
+        rest = x.size // x.shape[axis]
+        width = y.size // rest
+        if width * rest != y.size or width == 0 or x.shape[axis] % width:
             continue
-        width = y.shape[axis]
-        for start in range(0, x.shape[axis] - width + 1, width):
-            if np.array_equal(np.take(x, range(start, start + width), axis=axis), y):
-                yield axis, start, start + width
+        for start in range(0, x.shape[axis], width):
+            piece = np.take(x, range(start, start + width), axis=axis)
+            for split, perm in _split_candidates(piece, y):
+                yield (axis, start, start + width, tuple(perm)), split
 
 
 def _move(x: np.ndarray, node: gs.Node) -> np.ndarray:
+    """The op on an index tensor (the ops a selection chain holds)."""
+    if node.op == "Gather":
+        return np.take(x, int(np.asarray(node.inputs[1].values)), axis=int(node.attrs.get("axis", 0)))
+    if node.op == "Slice":
+        values = [np.asarray(t.values).ravel().tolist() for t in node.inputs[1:]]
+        starts, ends = values[0], values[1]
+        axes = values[2] if len(values) > 2 else list(range(len(starts)))
+        steps = values[3] if len(values) > 3 else [1] * len(starts)
+        index = [slice(None)] * x.ndim
+        for a, b, e, st in zip(axes, starts, ends, steps):
+            index[a] = slice(b, e, st)
+        return x[tuple(index)]
     if node.op == "Reshape":
         return _reshape(x, node)
     if node.op == "Transpose":
