@@ -99,8 +99,14 @@ RESHAPING_OPS = {"Reshape", "Flatten", "Squeeze", "Unsqueeze"}
 
 
 def _unresolved_reshapes(model: onnx.ModelProto) -> bool:
+    """A reshaped tensor with an unknown non-batch dim, or any output of an op outside ONNX's
+    domain (ONNX Runtime's contrib ops, which only its symbolic inference knows) without a shape."""
     shapes = {v.name: v.type.tensor_type for v in list(model.graph.value_info) + list(model.graph.output)}
     for node in model.graph.node:
+        if node.domain not in ("", "ai.onnx") and node.output and node.output[0]:
+            tensor = shapes.get(node.output[0])
+            if tensor is None or not tensor.HasField("shape"):
+                return True
         if node.op_type not in RESHAPING_OPS:
             continue
         tensor = shapes.get(node.output[0])
