@@ -17,7 +17,7 @@ from tests.helpers import run  # noqa: E402
 
 DIM, HEADS, DEPTH = 32, 4, 2
 HEAD = DIM // HEADS
-FORMS = ("manual", "manual-1", "mha", "dynamo", "ort-optimized")
+FORMS = ("manual", "manual-1", "mha", "dynamo", "ort-optimized", "opset14")  # opset 14: LayerNorm as ReduceMean
 
 
 def vit(form: str, edit=None, seed: int = 0):
@@ -44,9 +44,10 @@ def export(model, path, form: str) -> str:
                           input_names=["input"], output_names=["logits"],
                           dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
         return str(path)
-    torch.onnx.export(model, (torch.rand(2, 1, 28, 28) * 255,), str(path), opset_version=17, input_names=["input"],
-                      output_names=["logits"], dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}},
-                      dynamo=False)
+    opset = 14 if form == "opset14" else 17
+    torch.onnx.export(model, (torch.rand(2, 1, 28, 28) * 255,), str(path), opset_version=opset,
+                      input_names=["input"], output_names=["logits"],
+                      dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
     return str(path)
 
 
@@ -58,6 +59,8 @@ def exported(tmp_path, form: str, edit=None) -> str:
         optimize_model(path, model_type="vit", num_heads=HEADS, hidden_size=DIM, opt_level=0,
                        use_gpu=False).save_model_to_file(str(tmp_path / "vit.onnx"))
         return str(tmp_path / "vit.onnx")
+    if form == "opset14":
+        return export(vit("manual", edit), tmp_path / "vit.onnx", form)
     return export(vit("mha" if form == "dynamo" else form, edit), tmp_path / "vit.onnx", form)
 
 

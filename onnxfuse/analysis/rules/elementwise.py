@@ -103,12 +103,31 @@ def reduce(node, tensor, axis, g: GraphView):
         mapping = {a: i for i, a in enumerate(kept)}
     if tensor is x:
         if axis in axes:
+            if keepdims and axes == [rank - 1] and _normalisation_statistic(node):
+                return []  # a LayerNorm written out: its statistics change with the channels, as LayerNorm's do
             return [Freeze((x.name, axis), f"{node.op} reduces over the channel axis ({node_label(node)})")]
         return [Couple((x.name, axis), (y.name, mapping[axis]))]
     inverse = {v: k for k, v in mapping.items()}
     if axis not in inverse:
         return [Freeze((y.name, axis), f"{node.op} output axis {axis} is reduced ({node_label(node)})")]
     return [Couple((x.name, inverse[axis]), (y.name, axis))]
+
+
+def _normalisation_statistic(node: gs.Node) -> bool:
+    """A ReduceMean that is a written-out LayerNorm's mean (its only reader subtracts it from its
+    input) or variance (its input is the square of such a centred tensor)."""
+    if node.op != "ReduceMean":
+        return False
+    x, y = node.inputs[0], node.outputs[0]
+    if len(y.outputs) == 1 and y.outputs[0].op == "Sub" and list(y.outputs[0].inputs) == [x, y]:
+        return True
+    square = x.inputs[0] if x.inputs else None
+    if square is None or not (square.op == "Pow" or square.op == "Mul" and square.inputs[0] is square.inputs[1]):
+        return False
+    centred = square.inputs[0]
+    producer = centred.inputs[0] if centred.inputs else None
+    return producer is not None and producer.op == "Sub" and producer.inputs[1].inputs and \
+        producer.inputs[1].inputs[0].op == "ReduceMean" and producer.inputs[1].inputs[0].inputs[0] is producer.inputs[0]
 
 
 ADDITIVE = {"Add", "Sub", "Sum"}
