@@ -14,16 +14,19 @@ NOTHING = object()
 
 
 def run_tasks(task: Callable, arguments: Sequence[tuple], ray: str | None, shared=NOTHING,
-              desc: str | None = None) -> list:
+              desc: str | None = None, cpus: int = 1) -> list:
     """[task(*args) for args in arguments], as Ray tasks when `ray` is set; `shared`, when given,
-    is every task's first argument (sent to the cluster once); `desc` labels a progress bar."""
+    is every task's first argument (sent to the cluster once); `desc` labels a progress bar; `cpus`:
+    the cores each task keeps busy (its thread count), so that Ray does not start more at once
+    than the workers have cores."""
     lead = () if shared is NOTHING else (shared,)
     if not ray:
         return [task(*lead, *args) for args in progress(arguments, desc=desc)]
     ray_module = _connected(ray)
     if lead:
         lead = (ray_module.put(shared),)
-    remote = ray_module.remote(num_cpus=1)(task)
+    largest = max((node["Resources"].get("CPU", 0) for node in ray_module.nodes() if node["Alive"]), default=1)
+    remote = ray_module.remote(num_cpus=max(1, min(cpus, int(largest))))(task)  # more than a node has: never runs
     pending = [remote.remote(*lead, *args) for args in arguments]
     try:
         with progress(total=len(pending), desc=desc) as bar:

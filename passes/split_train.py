@@ -38,7 +38,7 @@ class SplitTrain(Pass):
                       opts.device, opts.seed + k, opts.labels_key, ctx.phase(f"part{k}"), threads)
                      for k, indices in enumerate(np.array_split(order, parts))]
         info(f"split-data: {parts} students, {steps} steps each" + (f", as Ray tasks ({opts.ray})" if opts.ray else ""))
-        results = run_tasks(task, arguments, opts.ray)
+        results = run_tasks(task, arguments, opts.ray, cpus=threads)
         students = [onnx.load_from_string(trained) for trained, _ in results]
         model.result, merge_report = _merge(students, ctx)
         ctx.trained_steps += steps * parts
