@@ -22,6 +22,8 @@ import onnx
 import onnx_graphsurgeon as gs
 import onnxruntime as ort
 
+from ..calibration.data import input_specs
+
 
 def normalize_attention(graph: gs.Graph, like: onnx.ModelProto, fold_bn: bool,
                         input_shapes: dict[str, list[int]] | None = None) -> list[str]:
@@ -57,12 +59,13 @@ def fold_runtime_shapes(graph: gs.Graph, like: onnx.ModelProto, input_shapes: di
 
     before = export_model(graph, like)
     base, changes = _trial_sizes(before, input_shapes)
-    names = [t.name for n in reshapes for t in n.inputs[:2]]
-    values, combined = [_run(before, names, base)], {name: list(dims) for name, dims in base.items()}
+    outputs = [o.name for o in before.graph.output]
+    run_before = _runner(before, [t.name for n in reshapes for t in n.inputs[:2]] + outputs)
+    values, combined = [run_before(base)], {name: list(dims) for name, dims in base.items()}
     for name, axis, alone, together in changes:
         size = {n: list(dims) for n, dims in base.items()}
         size[name][axis] = alone
-        ran = _run(before, names, size) if values[0] is not None else None
+        ran = run_before(size) if values[0] is not None else None
         if ran is not None:  # else the model does not run with this dimension changed: it is fixed
             values.append(ran)
             combined[name][axis] = together
@@ -73,10 +76,9 @@ def fold_runtime_shapes(graph: gs.Graph, like: onnx.ModelProto, input_shapes: di
     for node in reshapes:
         if node.name in targets:
             node.inputs[1] = gs.Constant(f"{node.name}_target", targets[node.name])
-    outputs = [o.name for o in before.graph.output]
-    check = [_run(m, outputs, combined) for m in (before, export_model(graph, like))]
+    check = [run_before(combined), _runner(export_model(graph, like), outputs)(combined)]
     if None in check or any(a.shape != b.shape or not np.allclose(a, b, rtol=1e-4, atol=1e-5)
-                            for a, b in zip(check[0].values(), check[1].values())):
+                            for a, b in ((check[0][n], check[1][n]) for n in outputs)):
         for node in reshapes:  # not proven: the computed targets stay
             node.inputs[1] = computed[node.name]
         return []
@@ -110,20 +112,20 @@ def _known(shape) -> bool:
 def _trial_sizes(model: onnx.ModelProto, input_shapes: dict[str, list[int]]):
     """The base input shapes (batch 2; other dynamic dimensions from `input_shapes`, else 8) and per
     dynamic dimension (input, axis, its size changed alone, its size when all change together)."""
-    inputs = {i.name: [d.dim_value if d.HasField("dim_value") else None for d in i.type.tensor_type.shape.dim]
-              for i in model.graph.input}
     base, changes = {}, []
-    for name, dims in inputs.items():
-        given = input_shapes.get(name) or [0] * len(dims)
-        base[name] = [d if d is not None else 2 if axis == 0 else given[axis] or 8 for axis, d in enumerate(dims)]
-        changes += [(name, axis, 3, 4) if axis == 0 else (name, axis, 2 * base[name][axis], 3 * base[name][axis])
+    for spec in input_specs(model):
+        dims = [d if isinstance(d, int) and d > 0 else None for d in spec.shape]
+        given = input_shapes.get(spec.name) or [0] * len(dims)
+        base[spec.name] = [d if d is not None else 2 if axis == 0 else given[axis] or 8 for axis, d in enumerate(dims)]
+        changes += [(spec.name, axis, 3, 4) if axis == 0 else
+                    (spec.name, axis, 2 * base[spec.name][axis], 3 * base[spec.name][axis])
                     for axis, d in enumerate(dims) if d is None]
     return base, changes
 
 
-def _run(model: onnx.ModelProto, names: list[str], size: dict[str, list[int]]) -> dict | None:
-    """The tensors `names` on seeded inputs of these shapes (zeros for integers); None when the
-    model does not run at them."""
+def _runner(model: onnx.ModelProto, names: list[str]):
+    """run(sizes) → the tensors `names` on seeded inputs of those shapes (zeros for integers), or
+    None when the model does not run at them; one session for every size."""
     from ..runtime.sessions import session
 
     model = onnx.ModelProto.FromString(model.SerializeToString())
@@ -133,24 +135,24 @@ def _run(model: onnx.ModelProto, names: list[str], size: dict[str, list[int]]) -
     model.graph.output.extend(onnx.ValueInfoProto(name=n) for n in names if n not in existing)
     silent = ort.RunOptions()
     silent.log_severity_level = 4  # a size the model cannot run at is an answer here, not an error to print
-    rng = np.random.default_rng(0)
     try:
         sess = session(model, "cpu", fuse_nodes=False)
-        feeds = {}
-        for i in sess.get_inputs():
-            dtype = _dtype(i.type)
-            dims = size[i.name]
-            feeds[i.name] = (rng.standard_normal(dims).astype(dtype) if np.dtype(dtype).kind == "f"
-                             else np.zeros(dims, dtype=dtype))
-        return dict(zip(names, sess.run(names, feeds, silent)))
-    except Exception:  # onnxruntime's own error types: the model does not run at these sizes
-        return None
+    except Exception:  # noqa: BLE001  (onnxruntime's own error types)
+        sess = None
+    specs = input_specs(model)
 
+    def run(sizes: dict[str, list[int]]) -> dict | None:
+        if sess is None:
+            return None
+        rng = np.random.default_rng(0)
+        feeds = {spec.name: rng.standard_normal(sizes[spec.name]).astype(spec.dtype) if spec.dtype.kind == "f"
+                 else np.zeros(sizes[spec.name], dtype=spec.dtype) for spec in specs}
+        try:
+            return dict(zip(names, sess.run(names, feeds, silent)))
+        except Exception:  # noqa: BLE001  (onnxruntime's own error types: it does not run at these sizes)
+            return None
 
-def _dtype(ort_type: str):
-    return {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64,
-            "tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(bool)": np.bool_,
-            "tensor(uint8)": np.uint8, "tensor(int8)": np.int8}.get(ort_type, np.float32)
+    return run
 
 
 def unfold_reshape_chains(graph: gs.Graph) -> list[str]:
@@ -192,29 +194,39 @@ def _chain(first: gs.Node):
 def _as_split_and_transpose(first, transpose, last):
     """(target, perm) such that Transpose(Reshape(x, target), perm) equals the chain for every value
     of the symbolic input dims (checked at two), the target splitting x's axes; None if none does."""
-    shape = list(first.inputs[0].shape)
-    symbols = sorted({d for d in shape if not isinstance(d, int)})
-    perms, splits = None, []
-    for trial in (dict(zip(symbols, range(7, 100, 4))), dict(zip(symbols, range(11, 200, 6)))):
-        concrete = [trial.get(d, d) for d in shape]
-        if not all(isinstance(d, int) and d > 0 for d in concrete):
-            return None
-        x = np.arange(int(np.prod(concrete))).reshape(concrete)
-        try:
-            y = _reshape(np.transpose(_reshape(x, first), transpose.attrs.get("perm")), last)
-        except ValueError:
-            return None
-        found = {tuple(perm): split for split, perm in _split_candidates(x, y)}
-        perms = set(found) if perms is None else perms & set(found)
-        splits.append(found)
+    trials = _index_trials(first.inputs[0].shape, [first, transpose, last])
+    if trials is None:
+        return None
+    found = [{tuple(perm): split for split, perm in _split_candidates(x, y)} for _, x, y in trials]
+    perms = set(found[0]) & set(found[1])
     if not perms:
         return None
     perm = min(perms)
-    first_split, second_split = (found[perm] for found in splits)
+    first_split, second_split = (candidates[perm] for candidates in found)
     varying = [i for i, (a, b) in enumerate(zip(first_split, second_split)) if a != b]
     if len(varying) > 1:
         return None
     return [-1 if i in varying else d for i, d in enumerate(first_split)], list(perm)
+
+
+def _index_trials(shape, chain: list[gs.Node]) -> list[tuple[list[int], np.ndarray, np.ndarray]] | None:
+    """(sizes, x, chain(x)) for x an index tensor of `shape` at two values of its symbolic dims;
+    None when a size is not positive or the chain does not apply."""
+    symbols = sorted({d for d in shape if not isinstance(d, int)})
+    trials = []
+    for values in (range(7, 100, 4), range(11, 200, 6)):
+        sizes = [dict(zip(symbols, values)).get(d, d) for d in shape]
+        if not all(isinstance(d, int) and d > 0 for d in sizes):
+            return None
+        x = np.arange(int(np.prod(sizes))).reshape(sizes)
+        try:
+            y = x
+            for node in chain:
+                y = _move(y, node)
+        except (ValueError, IndexError):
+            return None
+        trials.append((sizes, x, y))
+    return trials
 
 
 def _reshape(x: np.ndarray, node: gs.Node) -> np.ndarray:
@@ -317,31 +329,20 @@ def _as_slice(source: gs.Tensor, chain: list[gs.Node]):
     """(axis, start, end, split target, perm): source[start:end] along axis, reshaped to the target
     and transposed by perm, equals the chain's output at two sizes of the symbolic dims; None if
     no such slice exists."""
-    shape = list(source.shape)
-    symbols = sorted({d for d in shape if not isinstance(d, int)})
-    found, splits, sizes = None, [], []
-    for trial in (dict(zip(symbols, range(7, 100, 4))), dict(zip(symbols, range(11, 200, 6)))):
-        concrete = [trial.get(d, d) for d in shape]
-        sizes.append(concrete)
-        if not all(isinstance(d, int) and d > 0 for d in concrete):
-            return None
-        x = np.arange(int(np.prod(concrete))).reshape(concrete)
-        try:
-            y = x
-            for node in chain:
-                y = _move(y, node)
-        except (ValueError, IndexError):
-            return None
-        pieces = dict(_slices(x, y))
-        found = set(pieces) if found is None else found & set(pieces)
-        splits.append(pieces)
-    if not found:
+    trials = _index_trials(list(source.shape), chain)
+    if trials is None:
         return None
-    piece = min(found)
-    first, second = (pieces[piece] for pieces in splits)
+    found = [dict(_slices(x, y)) for _, x, y in trials]
+    pieces = set(found[0]) & set(found[1])
+    if not pieces:
+        return None
+    piece = min(pieces)
+    first, second = (candidates[piece] for candidates in found)
+    sizes = [size for size, _, _ in trials]
     target, varying = list(first), []
     for i in (i for i, (a, b) in enumerate(zip(first, second)) if a != b):
-        if i < len(shape) and i != piece[0] and all(split[i] == size[i] for split, size in zip((first, second), sizes)):
+        copies = all(split[i] == size[i] for split, size in zip((first, second), sizes))
+        if i < len(sizes[0]) and i != piece[0] and copies:
             target[i] = 0  # the sliced tensor's own size on that axis
         else:
             varying.append(i)
