@@ -143,6 +143,39 @@ def instance_norm(node, inputs, attrs):
     return F.instance_norm(x, weight=scale, bias=bias, eps=attrs.get("epsilon", 1e-5))
 
 
+@register_torch_op("com.microsoft.SkipLayerNormalization", "com.microsoft.SkipSimplifiedLayerNormalization")
+def skip_layer_norm(node, inputs, attrs):
+    """ONNX Runtime's LayerNormalization (or RMS norm, simplified) of input + skip (+ bias) over the
+    last axis; outputs: the normalised tensor, the mean, the inverse deviation, the sum."""
+    simplified = node.op_type == "SkipSimplifiedLayerNormalization"
+    x, skip, gamma = inputs[0], inputs[1], inputs[2]
+    beta, bias = (None, opt(inputs, 3)) if simplified else (opt(inputs, 3), opt(inputs, 4))
+    total = x + skip if bias is None else x + skip + bias
+    eps = attrs.get("epsilon", 1e-12)
+    mean = torch.zeros_like(total[..., :1]) if simplified else total.mean(-1, keepdim=True)
+    centred = total - mean
+    inverse = torch.rsqrt((centred * centred).mean(-1, keepdim=True) + eps)
+    y = centred * inverse * gamma
+    outputs = (y if beta is None else y + beta, mean, inverse, total)
+    return outputs[0] if node.n_outputs == 1 else outputs[:node.n_outputs]
+
+
+@register_torch_op("com.microsoft.BiasGelu")
+def bias_gelu(node, inputs, attrs):
+    return F.gelu(inputs[0] + inputs[1])
+
+
+@register_torch_op("com.microsoft.FastGelu")
+def fast_gelu(node, inputs, attrs):
+    x = inputs[0] if opt(inputs, 1) is None else inputs[0] + inputs[1]
+    return F.gelu(x, approximate="tanh")
+
+
+@register_torch_op("com.microsoft.BiasAdd")
+def bias_add(node, inputs, attrs):
+    return inputs[0] + inputs[1] + inputs[2]
+
+
 @register_torch_op("LayerNormalization", check=lambda node, attrs: "only the first output is supported"
                    if node.n_outputs > 1 else None)
 def layer_norm(node, inputs, attrs):
