@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 from pathlib import Path
 
 RESULTS = Path(__file__).resolve().parent / "RESULTS.md"
@@ -85,9 +86,11 @@ def cell_parser(doc: str, work: str = "/tmp/onnxfuse-finetune-bench"):
     return parser
 
 
-def run_cells(script: str, keys: list[str], store_path: Path, work: Path) -> dict:
+def run_cells(script: str, keys: list[str], store_path: Path, work: Path, store_diverged: bool = False) -> dict:
     """Each key missing from the JSON store at `store_path` measured by `script --one KEY` in a fresh
-    process (its own peak memory), its last stdout line stored as it comes; returns the store."""
+    process (its own peak memory), its last stdout line stored as it comes; returns the store. With
+    `store_diverged`, a run the training stage stopped as diverged is stored as {"diverged_at": step}:
+    a result, not a failure to retry."""
     import subprocess
     import sys
     import time
@@ -99,10 +102,13 @@ def run_cells(script: str, keys: list[str], store_path: Path, work: Path) -> dic
         begin = time.perf_counter()
         proc = subprocess.run([sys.executable, script, "--one", key, "--work", str(work)], capture_output=True,
                               text=True)
-        if proc.returncode:
+        diverged = re.search(r"diverged at step (\d+)", proc.stderr)
+        diverged = diverged if store_diverged else None
+        if proc.returncode and not diverged:
             print(f"{key}: failed\n{proc.stderr[-2000:]}", flush=True)
             continue
-        store[key] = json.loads(proc.stdout.strip().splitlines()[-1])
+        store[key] = {"diverged_at": int(diverged.group(1))} if proc.returncode else \
+            json.loads(proc.stdout.strip().splitlines()[-1])
         store[key]["wall_seconds"] = round(time.perf_counter() - begin, 1)
         print(f"{key}: {json.dumps({k: v for k, v in store[key].items() if k != 'loss_curve'})}", flush=True)
         store_path.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")

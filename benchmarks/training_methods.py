@@ -48,8 +48,10 @@ def one_cell(key: str, work: Path) -> dict:
     seconds = time.perf_counter() - begin
     rounds = report.get("iterative")
     steps = sum(r["steps"] for r in rounds) if rounds else int(budget)
+    import torch
+
     return {"accuracy": onnx_accuracy(model), "seconds": round(seconds, 1), "steps_used": steps,
-            "macs": report["macs_after"] / report["macs_before"]}
+            "macs": report["macs_after"] / report["macs_before"], "threads": torch.get_num_threads()}
 
 
 def measure(models, targets, budgets, variants, work: Path) -> None:
@@ -57,7 +59,7 @@ def measure(models, targets, budgets, variants, work: Path) -> None:
 
     keys = [f"{arch}|{target}|{variant}|{budget}" for budget in budgets for target in targets for arch in models
             for variant in variants]
-    run_cells(__file__, keys, STORE, work)
+    run_cells(__file__, keys, STORE, work, store_diverged=True)
 
 
 def write(store: dict) -> None:
@@ -85,17 +87,20 @@ def write(store: dict) -> None:
             if cell is None:
                 cells += ["", ""]
                 continue
+            if "diverged_at" in cell:
+                cells += [f"diverged at step {cell['diverged_at']}", ""]
+                continue
             text = f"{100 * cell['accuracy']:.2f}"
             if arch in dense:
                 text += f" ({100 * cell['accuracy'] / dense[arch]:.1f})"
             if "icp" in variant:
                 text += f", {cell['steps_used']} steps"
-            cells += [text, f"{cell['seconds']:.0f}"]
+            cells += [text, f"{cell['seconds']:.0f}" + ("¹" if cell.get("threads") == 1 else "")]
         lines.append(f"| {arch} | {target} | {variant} | " + " | ".join(cells) + " |")
-    lines += ["", "Blank cells: not run yet, or the run stopped with the training stage's divergence error and "
-              "wrote nothing (in the recorded run: vgg11bn sdprun at 0.25 / 2000 steps, at step 640, and vgg11bn "
-              "tpp at 0.1 / 2000 steps, at step 1149). Every cell runs the default recipe first (sensitivity "
-              "allocation, lsq repair), so times include it.",
+    lines += ["", "Blank cells: not run yet. \"diverged\": the training stage's divergence guard stopped the run "
+              "and it wrote nothing. Every cell runs the default recipe first (sensitivity allocation, lsq "
+              "repair), so times include it. Times are on this project's 2-core machine with 2 torch threads, "
+              "¹ with one (the cell ran beside other work).",
               "", "![accuracy per method](training_methods.png)"]
     write_section("Training-time methods", "\n".join(lines))
     plot(store, budgets)
@@ -115,7 +120,7 @@ def plot(store: dict, budgets: list[int]) -> None:
     for ax, (arch, target) in zip(axes[0], panels):
         names = [v for v in VARIANTS if any(f"{arch}|{target}|{v}|{b}" in store for b in budgets)]
         for i, b in enumerate(budgets):
-            values = [100 * store.get(f"{arch}|{target}|{v}|{b}", {}).get("accuracy", 0) for v in names]
+            values = [100 * store.get(f"{arch}|{target}|{v}|{b}", {}).get("accuracy", 0) for v in names]  # 0: diverged
             ax.barh([j + 0.4 * i for j in range(len(names))], values, height=0.4, label=f"{b} steps")
         ax.set_yticks([j + 0.2 for j in range(len(names))], names, fontsize=7)
         ax.set_xlim(50, 100)
