@@ -102,8 +102,7 @@ def run_cells(script: str, keys: list[str], store_path: Path, work: Path, store_
         begin = time.perf_counter()
         proc = subprocess.run([sys.executable, script, "--one", key, "--work", str(work)], capture_output=True,
                               text=True)
-        diverged = re.search(r"diverged at step (\d+)", proc.stderr)
-        diverged = diverged if store_diverged else None
+        diverged = store_diverged and re.search(r"diverged at step (\d+)", proc.stderr)
         if proc.returncode and not diverged:
             print(f"{key}: failed\n{proc.stderr[-2000:]}", flush=True)
             continue

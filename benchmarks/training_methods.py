@@ -38,6 +38,8 @@ VARIANTS = {
 
 
 def one_cell(key: str, work: Path) -> dict:
+    import torch
+
     import onnxfuse
 
     arch, target, variant, budget = key.split("|")
@@ -48,8 +50,6 @@ def one_cell(key: str, work: Path) -> dict:
     seconds = time.perf_counter() - begin
     rounds = report.get("iterative")
     steps = sum(r["steps"] for r in rounds) if rounds else int(budget)
-    import torch
-
     return {"accuracy": onnx_accuracy(model), "seconds": round(seconds, 1), "steps_used": steps,
             "macs": report["macs_after"] / report["macs_before"], "threads": torch.get_num_threads()}
 

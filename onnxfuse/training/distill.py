@@ -29,6 +29,7 @@ from .options import TrainOptions
 from .validation import Scorer
 from .view import FLOAT_TYPES, TorchView, write_back
 
+SGD_MOMENTUM = 0.9
 DIVERGED = 100.0  # a smoothed loss this many times max(its lowest so far, 1) has diverged
 SMOOTHING = 0.9
 
@@ -95,7 +96,7 @@ def optimizer_for(view: TorchView, options: TrainOptions) -> torch.optim.Optimiz
     if not groups:
         raise OnnxfuseError("the student has no trainable weights")
     if options.optimizer == "sgd":
-        return torch.optim.SGD(groups, lr=options.peak_lr, momentum=0.9, nesterov=True)
+        return torch.optim.SGD(groups, lr=options.peak_lr, momentum=SGD_MOMENTUM, nesterov=True)
     return torch.optim.AdamW(groups, lr=options.peak_lr)
 
 

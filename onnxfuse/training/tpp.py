@@ -1,19 +1,19 @@
 """TPP, Trainability Preserving Pruning (Wang & Fu, ICLR 2023), as training hooks (`Hooks`).
 
 The channels each group drops are fixed by the plan before training. During the update phase the
-loss gains TPP's decorrelation term, 1000·reg(t)·MSE(WWᵀ, stopgrad(WWᵀ) with the dropped rows and
-columns zeroed) over the rows of every producer weight, and the gradients of the dropped entries
-gain reg(t)·θ (the growing L2 penalty) on producer rows, biases and every trained per-channel
+loss gains TPP's decorrelation term, a weight times MSE(WWᵀ, stopgrad(WWᵀ) with the dropped rows
+and columns zeroed) over the rows of every producer weight, and the gradients of the dropped entries
+gain a multiple of θ (the growing L2 penalty) on producer rows, biases and every trained per-channel
 parameter of the group (BN γ/β when BN is kept); reg grows linearly to 1 over the update phase and
-stays there. Two changes fit the authors' 10⁵-step schedule to budgets of hundreds of steps: the L2
-penalty is reg(t) times a ceiling (≥ 1) that lets it finish its decay within the update phase, and
-the decorrelation term is weighted by the authors' reg at the same progress of that decay
-(`penalty`, `gram_weight`). In the stabilise phase the groups are zeroed one by one in graph order
-over its first half and kept at zero after every step. Update and stabilise use SGD at the constant
-peak learning rate (the authors' 1e-3 is a tenth of their fine-tuning rate; over a short budget the
-kept channels cannot adapt at it: VGG11-BN at 0.25 of the MACs, 500 steps, 80.6 % against 86 %).
-What is then dropped is exactly zero, so removing it (the prune method's selection map) changes
-nothing; `drop_norm_ratio` checks it. ../shared/SEEDS.md, §1.
+stays there. The authors weight the two terms by 1000·reg(t) and reg(t) over a 10⁵-step update
+phase; to fit budgets of hundreds of steps the L2 penalty is reg(t) times a ceiling (≥ 1) that lets
+it finish its decay within the update phase, and the decorrelation term is weighted by 1000 times
+the authors' reg at the same progress of that decay (`penalty`, `gram_weight`). In the stabilise
+phase the groups are zeroed one by one in graph order over its first half and kept at zero after
+every step. Update and stabilise use SGD at the constant peak learning rate (the authors' 1e-3 is a
+tenth of their fine-tuning rate; over a short budget the kept channels cannot adapt at it: VGG11-BN
+at 0.25 of the MACs, 500 steps, 80.6 % against 86 %). What is then dropped is exactly zero, so
+removing it (the prune method's selection map) changes nothing; `drop_norm_ratio` checks it. ../shared/SEEDS.md, §1.
 """
 
 from __future__ import annotations
@@ -27,13 +27,12 @@ import torch.nn.functional as F
 
 from ..analysis.channels import Analysis
 from . import register_training_method
-from .distill import Hooks, optimizer_for
+from .distill import SGD_MOMENTUM, Hooks, optimizer_for
 from .view import TorchView
 
 GRAM_WEIGHT = 1000.0  # the authors' lw_opp
-MOMENTUM = 0.9  # SGD's, with which the update and stabilise phases train (the authors' optimizer)
 RESIDUAL = 1e-4  # the share of a dropped weight the L2 penalty alone would leave at the end of the update phase
-AUTHORS_DECAY = 1e-3 / (1 - MOMENTUM) * 1e5 / 2  # ∫ lr·reg/(1 − m) over the authors' CIFAR update phase
+AUTHORS_DECAY = 1e-3 / (1 - SGD_MOMENTUM) * 1e5 / 2  # ∫ lr·reg/(1 − m) over the authors' CIFAR update phase
 
 
 @dataclasses.dataclass(frozen=True)
@@ -68,6 +67,9 @@ class TPPHooks(Hooks):
 
     def __init__(self, view: TorchView, groups: list[list[Drop]], update: int, stabilise: int, peak_lr: float):
         self.view, self.update, self.stabilise, self.lr = view, update, stabilise, peak_lr
+        # the L2 penalty's ceiling: large enough that the penalty alone would shrink a dropped weight to
+        # RESIDUAL of itself within the update phase (SGD's steady-state step is lr/(1 − m) per unit)
+        self.ceiling = max(1.0, 2 * math.log(1 / RESIDUAL) * (1 - SGD_MOMENTUM) / (peak_lr * update))
         trained = view.trained_names()
         self.groups = [[(view.parameter(d.tensor), d) for d in drops if d.tensor in trained] for drops in groups]
         self.producers = _gram_masks(view, [d for drops in groups for d in drops if d.producer and d.tensor in trained])
@@ -81,12 +83,10 @@ class TPPHooks(Hooks):
         return min(1.0, (step + 1) / self.update)
 
     def penalty(self, step: int) -> float:
-        """The L2 penalty's strength: reg(t) times a ceiling of at least 1, large enough that the penalty
-        alone would shrink a dropped weight to RESIDUAL of itself within the update phase. The authors'
-        phase is 10⁴·τ steps, where reg ≤ 1 suffices; on a budget of hundreds of steps it leaves about a
-        third of the dropped rows' norm, and zeroing that is pruning without repair."""
-        ceiling = max(1.0, 2 * math.log(1 / RESIDUAL) * (1 - MOMENTUM) / (self.lr * self.update))
-        return ceiling * self.reg(step)
+        """The L2 penalty's strength: reg(t) times the ceiling. The authors' phase is 10⁴·τ steps, where
+        reg ≤ 1 suffices; on a budget of hundreds of steps it leaves about a third of the dropped rows'
+        norm, and zeroing that is pruning without repair."""
+        return self.ceiling * self.reg(step)
 
     def gram_weight(self, step: int) -> float:
         """1000 times the authors' reg at the same progress of the L2 decay ∫ lr·penalty/(1 − m). In their
@@ -95,8 +95,7 @@ class TPPHooks(Hooks):
         still large (VGG11-BN at 0.25 of the MACs, 500 steps: 86.0 % against 89.9 % without the term)."""
         ramp = min(step + 1, self.update)
         steps = ramp * (ramp + 1) / (2 * self.update) + max(0, step + 1 - self.update)  # Σ reg(s), s ≤ step
-        ceiling = self.penalty(self.update - 1)
-        decay = self.lr / (1 - MOMENTUM) * ceiling * steps
+        decay = self.lr / (1 - SGD_MOMENTUM) * self.ceiling * steps
         return GRAM_WEIGHT * min(1.0, math.sqrt(decay / AUTHORS_DECAY))
 
     def loss(self, step: int) -> torch.Tensor | None:
@@ -110,13 +109,13 @@ class TPPHooks(Hooks):
         return self.gram_weight(step) * total
 
     def before_step(self, step: int) -> None:
-        reg = self.penalty(step)
+        penalty = self.penalty(step)
         for drops in self.groups:
             for param, d in drops:
                 if param.grad is None:
                     continue
                 index = _index(param, d)
-                param.grad[index] += reg * param.detach()[index]
+                param.grad[index] += penalty * param.detach()[index]
 
     def after_step(self, step: int) -> None:
         for drops, start in zip(self.groups, self.zero_from):
