@@ -8,7 +8,7 @@ from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.planning.counts import top_k
 from onnxfuse.training import load_finetune, load_training
 
-TRAIN_SHARE = 0.9  # of --train-steps; the rest distils the pruned model
+TRAIN_SHARE = 0.7  # of --train-steps, as TPP's two phases; the rest distils the pruned model
 
 
 @register_pass

@@ -47,7 +47,12 @@ def test_c_zero_is_plain_sgd():
         assert torch.allclose(p, q, atol=1e-6, rtol=0), name
 
 
-def test_without_gradients_the_step_is_the_group_soft_threshold():
+def _norms(params):
+    return sum(p.movedim(s.axis, 0)[torch.as_tensor(s.positions.ravel())].reshape(len(s.positions), -1)
+               .pow(2).sum(1) for p, s in params).sqrt()
+
+
+def test_without_gradients_the_step_is_the_relative_group_soft_threshold():
     model = onnx.load(TINYRES)
     analysis = _analysis(model)
     groups = channel_groups(analysis)
@@ -61,17 +66,19 @@ def test_without_gradients_the_step_is_the_group_soft_threshold():
     for slices, c in zip(groups, constants):
         g = c * math.sqrt(lr) * lr ** rda.mu
         params = [(before[s.tensor], s) for s in slices]
-        norms2 = sum(p.movedim(s.axis, 0)[torch.as_tensor(s.positions.ravel())].reshape(len(s.positions), -1)
-                     .pow(2).sum(1) for p, s in params)
-        size = sum(int(np.prod(p.shape)) // p.shape[s.axis] * s.positions.shape[1] for p, s in params)
-        factor = torch.clamp(1 - g * math.sqrt(size) / norms2.sqrt(), min=0)
+        norms = _norms(params)
+        rms = norms.pow(2).mean().sqrt()
+        factor = torch.clamp(1 - g * rms / norms, min=0)
+        factor *= rms / (norms * factor).pow(2).mean().sqrt()
         gone = zeroed_channels(view, slices)
         assert set(gone.tolist()) == set(np.flatnonzero(factor.numpy() == 0).tolist())
         zeroed_somewhere |= len(gone) > 0
+        after = _norms([(view.parameter(s.tensor).detach(), s) for s in slices])
+        assert torch.allclose(after.pow(2).mean().sqrt(), rms, rtol=1e-5)  # the group keeps its scale
         for p, s in params:
             expected = p.movedim(s.axis, 0)[torch.as_tensor(s.positions[:, 0])] * factor.view(-1, *[1] * (p.ndim - 1))
             got = view.parameter(s.tensor).detach().movedim(s.axis, 0)[torch.as_tensor(s.positions[:, 0])]
-            assert torch.allclose(got, expected, atol=1e-7), s.tensor
+            assert torch.allclose(got, expected, atol=1e-6, rtol=1e-5), s.tensor
     assert zeroed_somewhere
 
 
