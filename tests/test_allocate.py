@@ -10,7 +10,7 @@ import onnx
 import onnxfuse
 from onnxfuse import pipeline
 from onnxfuse.planning.counts import estimated_mac_ratio
-from onnxfuse.planning.sensitivity import allocate
+from onnxfuse.planning.sensitivity import LEVELS, allocate
 
 ROOT = Path(__file__).resolve().parents[1]
 FOLDED = ROOT / "models" / "tinyres_fmnist_folded.onnx"
@@ -31,6 +31,16 @@ def test_a_sensitive_group_is_spared():
     assert estimated_mac_ratio(analysis, counts) <= 0.5
     assert counts[groups[0]] == analysis.groups[groups[0]].width
     assert any(counts[g] < analysis.groups[g].width for g in groups[1:])
+
+
+def test_rounding_that_makes_neighbouring_levels_equal_does_not_stall_the_allocation():
+    # tinyres's groups are 16 and 32 wide: rounded to 8, 0.125 and 0.25 both keep 24 of 32
+    analysis = _analysis()
+    damage = {g.id: {0.0: 0.0, **{s: s for s in LEVELS}} for g in analysis.prunable}
+    for target in (0.5, 0.3):
+        counts = allocate(analysis, damage, target, round_to=8)
+        assert estimated_mac_ratio(analysis, counts) <= target
+        assert all(c % 8 == 0 or c == analysis.groups[gid].width for gid, c in counts.items())
 
 
 def test_sensitivity_allocation_meets_the_budget_and_is_not_worse_than_uniform(tmp_path):

@@ -145,6 +145,21 @@ def test_merging_duplicate_heads_reproduces_the_outputs(tmp_path, form):
     assert np.abs(run(pruned, images())[0] - run(onnx.load(path), images())[0]).max() > 1e-2  # dropping is not
 
 
+@pytest.mark.parametrize("form", FORMS)
+def test_the_mac_estimate_counts_the_attention_products(tmp_path, form):
+    """Q·Kᵀ and A·V shrink with the heads: the planner's estimate is the MAC count of what it writes."""
+    from onnxfuse import pipeline
+    from onnxfuse.planning.counts import estimated_mac_ratio
+
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(sparsity=0.5, validate=False),
+                                                  exported(tmp_path, form)))
+    counts = {gid: len(keep) for gid, keep in ctx.decisions.keep.items()}
+    products = [n for n in ctx.model.analysis.product_spaces if n in ctx.model.analysis.node_macs]
+    assert len(products) == 2 * DEPTH
+    actual = ctx.report["macs_after"] / ctx.report["macs_before"]
+    assert estimated_mac_ratio(ctx.model.analysis, counts) == pytest.approx(actual, rel=1e-9)
+
+
 def test_text_encoder_with_mask_and_dynamic_sequence(tmp_path):
     """A BERT-style encoder (input_ids, attention_mask; batch and sequence dynamic): heads, FFN, the
     pooler and the hidden width, which token and position embedding tables write; 0.5 runs at any

@@ -49,6 +49,7 @@ class Analysis:
     fixups: list[Fixup]
     frozen_spaces: dict[Space, str]
     node_macs: dict[str, int]
+    product_spaces: dict[str, list[Space]] = field(default_factory=dict)  # MatMuls of two activations
 
     @property
     def prunable(self) -> list[Group]:
@@ -86,7 +87,21 @@ def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, 
     node_macs = node_macs or {}
     for group in groups:
         group.macs = sum(node_macs.get(n, 0) for n in {m.node for m in group.members if m.scored})
-    return Analysis(widths, groups, members, fixups, frozen, node_macs)
+    return Analysis(widths, groups, members, fixups, frozen, node_macs, _product_spaces(g))
+
+
+def _product_spaces(g: GraphView) -> dict[str, list[Space]]:
+    """Per MatMul of two activations (attention's Q·Kᵀ and A·V), the spaces its MACs run over: every
+    output axis and the summed one, so that the MAC estimate sees them shrink with the heads."""
+    spaces = {}
+    for node in g.graph.nodes:
+        if node.op != "MatMul" or any(isinstance(t, gs.Constant) for t in node.inputs[:2]):
+            continue
+        a, y = node.inputs[0], node.outputs[0]
+        ra, ry = g.rank(a), g.rank(y)
+        if ra is not None and ry is not None and ra >= 2:
+            spaces[node_label(node)] = [(y.name, axis) for axis in range(ry)] + [(a.name, ra - 1)]
+    return spaces
 
 
 def _collect_relations(g: GraphView, ignore: tuple[str, ...]):

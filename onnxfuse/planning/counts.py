@@ -67,23 +67,21 @@ def estimated_mac_ratio(analysis: Analysis, counts: dict[int, int]) -> float:
 
 
 def node_factors(analysis: Analysis, counts: dict[int, int]) -> dict[str, float]:
-    """Per weighted node, the fraction of its MACs left with the new widths."""
-    ratio = {}
+    """Per node with MACs, the fraction of them left with the new widths."""
+    dropped: dict = {}
     for group in analysis.groups:
         if group.id not in counts:
             continue
-        dropped = group.width - counts[group.id]
         for space, pos in group.positions.items():
-            ratio[space] = ratio.get(space, 0) + dropped * pos.shape[1]
-    factors = {}
-    for node, spaces in node_spaces(analysis).items():
-        factors[node] = float(np.prod([1 - ratio.get(space, 0) / analysis.widths[space] for space in spaces]))
-    return factors
+            dropped[space] = dropped.get(space, 0) + (group.width - counts[group.id]) * pos.shape[1]
+    return {node: float(np.prod([1 - dropped[s] / analysis.widths[s] for s in spaces if s in dropped]))
+            for node, spaces in node_spaces(analysis).items()}
 
 
 def node_spaces(analysis: Analysis) -> dict[str, set]:
-    """The channel spaces each weighted node's MACs run over."""
-    spaces: dict[str, set] = {}
+    """The channel spaces each node's MACs run over: its weights' (scored members), and for a
+    product of two activations its output and summed axes."""
+    spaces: dict[str, set] = {node: set(s) for node, s in analysis.product_spaces.items()}
     for space, members in analysis.members.items():
         for m in members:
             if m.scored:

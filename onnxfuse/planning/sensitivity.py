@@ -47,20 +47,26 @@ def allocate(analysis, damage: dict[int, dict[float, float]], target: float, rou
     def counts(levels):
         return {gid: keep_count(groups[gid].width, s, round_to) for gid, s in levels.items()}
 
+    def next_step(gid, current):
+        """The lowest measured level above `current` that keeps fewer channels: with --round-to,
+        neighbouring levels can round to the same count, and such a step saves nothing."""
+        now = keep_count(groups[gid].width, current, round_to)
+        return next((s for s in sorted(damage[gid]) if s > current
+                     and keep_count(groups[gid].width, s, round_to) < now), None)
+
     ratio = ratio_of(counts(level))
     while ratio > target:
         best, best_cost = None, np.inf
         for gid, current in level.items():
-            steps = sorted(s for s in damage[gid] if s > current)
-            if not steps:
+            step = next_step(gid, current)
+            if step is None:
                 continue
-            trial = {**level, gid: steps[0]}
-            saved = ratio - ratio_of(counts(trial))
+            saved = ratio - ratio_of(counts({**level, gid: step}))
             if saved <= 0:
                 continue
-            cost = (damage[gid][steps[0]] - damage[gid][current]) / saved
+            cost = (damage[gid][step] - damage[gid][current]) / saved
             if cost < best_cost:
-                best, best_cost = (gid, steps[0]), cost
+                best, best_cost = (gid, step), cost
         if best is None:
             raise OnnxfuseError(f"cannot reach {target:.3f} of the {what} with the measured sparsity levels "
                                 f"(reached {ratio:.3f})")
