@@ -19,9 +19,11 @@ import onnx_graphsurgeon as gs
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
+from ..graph.metrics import PRODUCTS, is_fused_attention
 from ..graph.view import GraphView, node_label
 from .relations import Couple, Expand, Fixup, Freeze, Inner, Local, Member, Offset, Space
 from .rules import relations_for, seed_spaces
+from .rules.attention import head_space
 
 
 @dataclass
@@ -92,9 +94,14 @@ def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, 
 
 def _product_spaces(g: GraphView) -> dict[str, list[Space]]:
     """Per MatMul of two activations (attention's Q·Kᵀ and A·V), the spaces its MACs run over: every
-    output axis and the summed one, so that the MAC estimate sees them shrink with the heads."""
+    output axis and the summed one, so that the MAC estimate sees them shrink with the heads; for a
+    fused attention op (graph/metrics.py counts its products apart), its heads."""
     spaces = {}
     for node in g.graph.nodes:
+        if is_fused_attention(node):  # its own heads, or ai.onnx's 4-D head axis
+            four_d = node.domain != "com.microsoft" and g.rank(node.inputs[0]) == 4
+            spaces[node_label(node) + PRODUCTS] = [(node.inputs[0].name, 1) if four_d else head_space(node)]
+            continue
         if node.op != "MatMul" or any(isinstance(t, gs.Constant) for t in node.inputs[:2]):
             continue
         a, y = node.inputs[0], node.outputs[0]

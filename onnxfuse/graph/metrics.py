@@ -22,8 +22,16 @@ def _floating(dtype) -> bool:
         return False
 
 
+PRODUCTS = "#products"  # suffix of a fused attention node's Q·Kᵀ and A·V MACs (they scale with the heads alone)
+
+
 def node_macs(graph: gs.Graph) -> dict[str, int]:
-    return {node_label(n): _macs(n) for n in graph.nodes if _macs(n)}
+    macs = {}
+    for node in graph.nodes:
+        for suffix, count in (("", _macs(node)), (PRODUCTS, _attention_products(node))):
+            if count:
+                macs[node_label(node) + suffix] = count
+    return macs
 
 
 def count_macs(graph: gs.Graph) -> int:
@@ -41,7 +49,34 @@ def _shape(tensor):
     return _static(None if tensor.shape is None else list(tensor.shape))  # constants: no values loaded
 
 
+def is_fused_attention(node: gs.Node) -> bool:
+    return (node.domain, node.op) in {("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"),
+                                      ("com.microsoft", "GroupQueryAttention"), ("", "Attention"),
+                                      (None, "Attention"), ("ai.onnx", "Attention")}
+
+
+def _attention_products(node: gs.Node) -> int:
+    """Q·Kᵀ and A·V of a fused attention op: (elements of Q + of the output) × key length."""
+    if not is_fused_attention(node):
+        return 0
+    y = _shape(node.outputs[0])
+    if node.domain == "com.microsoft" and node.op == "Attention":
+        x, w = _shape(node.inputs[0]), _shape(node.inputs[1])
+        if x is None or w is None or y is None:
+            return 0
+        q_width = int(node.attrs.get("qkv_hidden_sizes", [w[-1] // 3])[0])
+        return int((np.prod(x[:-1]) * q_width + np.prod(y)) * x[-2])
+    q = _shape(node.inputs[0])
+    k = _shape(node.inputs[1]) if len(node.inputs) > 1 and not node.inputs[1].is_empty() else None
+    if q is None or k is None or y is None:
+        return 0
+    return int((np.prod(q) + np.prod(y)) * k[-2])
+
+
 def _macs(node: gs.Node) -> int:
+    if node.domain == "com.microsoft" and node.op == "Attention":  # its QKV projection
+        x, w = _shape(node.inputs[0]), _shape(node.inputs[1])
+        return 0 if x is None or w is None else int(np.prod(x[:-1]) * np.prod(w))
     layout = layout_of(node)
     if layout is None or len(node.inputs) < 2:
         return 0

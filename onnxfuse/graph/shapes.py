@@ -58,16 +58,23 @@ def _infer(model: onnx.ModelProto) -> onnx.ModelProto:
 
 # Ops ONNX infers no shapes for, and a standard op whose output has the same shape: ONNX
 # Runtime's fused ops (the activation and an added Z are elementwise), GroupNormalization-21 (a
-# function without inference).
+# function without inference), GroupQueryAttention with separate K and V (its output is the
+# query's shape; ONNX Runtime's symbolic inference gives up on it without a KV cache).
 STAND_INS = {("com.microsoft", "FusedConv"): ("Conv", 3), ("com.microsoft", "FusedGemm"): ("Gemm", 3),
-             ("", "GroupNormalization"): ("Identity", 1)}
+             ("", "GroupNormalization"): ("Identity", 1), ("com.microsoft", "GroupQueryAttention"): ("Identity", 1)}
+
+
+def _stands_in(node: onnx.NodeProto) -> bool:
+    if (node.domain, node.op_type) not in STAND_INS:
+        return False
+    return node.op_type != "GroupQueryAttention" or len(node.input) > 1 and bool(node.input[1])
 
 
 def _stand_ins(model: onnx.ModelProto) -> dict[str, onnx.NodeProto]:
     """Replace those ops by their stand-ins in place; returns the originals by first output."""
     originals = {}
     for node in model.graph.node:
-        if (node.domain, node.op_type) not in STAND_INS:
+        if not _stands_in(node):
             continue
         originals[node.output[0]] = onnx.NodeProto()
         originals[node.output[0]].CopyFrom(node)

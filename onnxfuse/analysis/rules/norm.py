@@ -108,6 +108,29 @@ def skip_layernorm(node, tensor, axis, g: GraphView):
     return relations
 
 
+@register_op_rule("com.microsoft.EmbedLayerNormalization")
+def embed_layernorm(node, tensor, axis, g: GraphView):
+    """ONNX Runtime's LayerNormalization(word[ids] + position[pos] + segment[seg]) of BERT-style
+    encoders: the tables write the hidden channels (columns), gamma scales, beta shifts; the
+    output and the optional embedding sum (output 2) share every axis."""
+    y, label = first_output(node), node_label(node)
+    outputs = [t for t in (y, node.outputs[2] if len(node.outputs) > 2 else None) if t is not None and not t.is_empty()]
+    if tensor not in outputs:
+        return []
+    relations = [Couple((y.name, axis), (t.name, axis)) for t in outputs[1:]]
+    if axis != (g.rank(y) or 0) - 1:
+        return relations
+    roles = [(2, "producer", True), (3, "shift", False), (4, "shift", False), (5, "param", True), (6, "shift", False)]
+    for i, role, scored in roles:
+        p = g.input(node, i)
+        if p is None:
+            continue
+        if not isinstance(p, gs.Constant):
+            return [Freeze((tensor.name, axis), f"{node.op} with computed tables ({label})")]
+        relations.append(Member((y.name, axis), p.name, p.values.ndim - 1, role, label, scored))
+    return relations
+
+
 @register_op_rule("GroupNormalization")
 def group_normalization(node, tensor, axis, g: GraphView):
     """GroupNormalization: scale and bias are per group up to opset 20 (they stay), per channel
