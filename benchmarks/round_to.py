@@ -93,7 +93,8 @@ def write(store: dict, targets: list[float], runs: int) -> None:
                     continue
                 lines.append(f"| {model} | {100 * cells['dense']:.2f} | {target} | {multiple} | "
                              f"{100 * c['accuracy']:.2f} | {c['macs']:.3f}× | {c['speedup']['32']:.2f}× "
-                             f"({c['speedup']['32'] / c['ideal']:.2f}) | {c['speedup']['1']:.2f}× | {c['seconds']:.0f} |")
+                             f"({c['speedup']['32'] / c['ideal']:.2f}) | {c['speedup']['1']:.2f}× | "
+                             f"{c['seconds']:.0f} |")
     lines += ["", "Mean over the models with both cells:", ""]
     for target in targets:
         both = [m for m in models if all("accuracy" in store[m].get(f"{target}|{n}", {}) for n in multiples)]

@@ -6,6 +6,10 @@ in the forms users have, each checked against torch on the evaluation sample (<=
     vit_fmnist_manual.onnx     attention written out (view(B, S, H, D)), TorchScript, opset 17
     vit_fmnist_ortopt.onnx     the written-out form after ONNX Runtime's transformer optimizer
                                (SkipLayerNormalization, BiasGelu)
+    vit_fmnist_fused.onnx      the written-out form with each block's attention (from the packed
+                               in-projection to the output projection's input) one com.microsoft
+                               Attention op, the form onnxsim's head pruning reads (ONNX Runtime's
+                               optimizer does not fuse this pre-LN pattern itself)
 
     python -m models.export_vit [--out DIR] [--checkpoint PT]      (default: models/)
 """
@@ -16,13 +20,14 @@ import argparse
 from pathlib import Path
 
 import numpy as np
+import onnx
 import torch
 
 from . import fmnist
 from .zoo import build
 
 MODELS_DIR = Path(__file__).resolve().parent
-FORMS = ("mha", "dynamo", "manual", "ortopt")
+FORMS = ("mha", "dynamo", "manual", "ortopt", "fused")
 CHECKPOINT = MODELS_DIR / "checkpoints" / "vit_fmnist.pt"
 
 
@@ -50,10 +55,40 @@ def export(form: str, path: Path, checkpoint: Path = CHECKPOINT) -> Path:
         optimize_model(str(plain), model_type="vit", num_heads=model.blocks[0].attn.heads,
                        hidden_size=model.head.in_features, opt_level=0, use_gpu=False).save_model_to_file(str(path))
         plain.unlink()
+    elif form == "fused":
+        plain = path.with_suffix(".plain.onnx")
+        export("manual", plain, checkpoint)
+        onnx.save(fuse_attention(onnx.load(plain), load_vit(checkpoint=checkpoint).blocks[0].attn.heads), path)
+        plain.unlink()
     else:
         torch.onnx.export(load_vit(form, checkpoint), (dummy,), str(path), opset_version=17, dynamo=False,
                           dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, **names)
     return path
+
+
+def fuse_attention(model: onnx.ModelProto, heads: int) -> onnx.ModelProto:
+    """Each block's attention as one com.microsoft Attention: the packed in-projection MatMul's weight
+    and the bias Add's constant become its weight and bias (torch packs Q, K, V head-major as ONNX
+    Runtime does), its output feeds the output projection; the written-out nodes between go."""
+    import onnx_graphsurgeon as gs
+
+    graph = gs.import_onnx(model)
+    for node in [n for n in graph.nodes if n.op == "MatMul" and n.name.endswith("/attn/MatMul")]:
+        scope = node.name[: -len("MatMul")]
+        bias_add = node.outputs[0].outputs[0]
+        bias = next(t for t in bias_add.inputs if isinstance(t, gs.Constant))
+        width = node.inputs[1].shape[0]
+        out_proj = next(n for n in graph.nodes if n.name.startswith(scope) and n.op == "MatMul"
+                        and isinstance(n.inputs[1], gs.Constant) and tuple(n.inputs[1].shape) == (width, width))
+        attended = gs.Variable(f"{scope}attention_output", dtype=np.float32)
+        graph.nodes.append(gs.Node("Attention", f"{scope}Attention", {"num_heads": heads},
+                                   [node.inputs[0], node.inputs[1], bias], [attended], domain="com.microsoft"))
+        out_proj.inputs[0] = attended
+    graph.cleanup().toposort()
+    fused = gs.export_onnx(graph)
+    if not any(o.domain == "com.microsoft" for o in fused.opset_import):
+        fused.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))
+    return fused
 
 
 def check(path: Path, checkpoint: Path = CHECKPOINT) -> float:

@@ -11,9 +11,8 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import TensorProto
+from onnx import TensorProto, numpy_helper
 from onnx import helper as oh
-from onnx import numpy_helper
 
 import onnxfuse
 from tests.helpers import run
@@ -51,8 +50,8 @@ def grouped_query_graph(kind: str, edit=None) -> onnx.ModelProto:
                                domain="com.microsoft", num_heads=Q_HEADS, kv_num_heads=KV_HEADS)]
         opsets = [oh.make_opsetid("", 17), oh.make_opsetid("com.microsoft", 1)]
     nodes.append(oh.make_node("MatMul", ["a", "wo"], ["y"]))
-    graph = oh.make_graph(nodes, kind, [oh.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", HIDDEN])],
-                          [oh.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", HIDDEN])], constants)
+    x, y = (oh.make_tensor_value_info(name, TensorProto.FLOAT, ["batch", "sequence", HIDDEN]) for name in "xy")
+    graph = oh.make_graph(nodes, kind, [x], [y], constants)
     model = oh.make_model(graph, opset_imports=opsets)
     model.ir_version = 10
     return model
@@ -228,7 +227,8 @@ def test_a_kv_cache_freezes_the_heads_with_the_reason(tmp_path):
     """GroupQueryAttention whose present K/V are graph outputs (a decoder's cache): the KV heads are
     the interface, so they stay."""
     model = grouped_query_graph("gqa")
-    model.graph.output.extend([oh.make_tensor_value_info("pk", TensorProto.FLOAT, ["batch", KV_HEADS, "sequence", HEAD])])
+    cache = oh.make_tensor_value_info("pk", TensorProto.FLOAT, ["batch", KV_HEADS, "sequence", HEAD])
+    model.graph.output.append(cache)
     path = tmp_path / "cache.onnx"
     onnx.save(model, path)
     [heads] = [g for g in onnxfuse.inspect(str(path))["groups"] if g["width"] == KV_HEADS]

@@ -102,7 +102,8 @@ class Options:
     tpp_stabilise: int | None = option(None, "method tpp: steps of the stabilise phase (default: a fifth of "
                                        "--train-steps); the rest distils the pruned model", type=int, metavar="N")
     sdprun_c: float | None = option(None, "method sdprun: gRDA's c, in units of a group's RMS channel norm (default: "
-                                    "from the plan, so that about the planned channels reach zero within the steps)", type=float, metavar="C")
+                                    "from the plan, so that about the planned channels reach zero within the steps)",
+                                    type=float, metavar="C")
     sdprun_mu: float = option(0.51, "method sdprun: gRDA's exponent mu", type=float, metavar="MU")
 
     @classmethod

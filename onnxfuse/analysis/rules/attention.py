@@ -18,6 +18,7 @@ from ...graph.view import GraphView, node_label
 from ..relations import Couple, Expand, Fixup, Freeze, Local, Member, Space
 from .registry import register_op_rule
 
+
 def head_space(node: gs.Node) -> Space:
     """The node's own space of heads (KV groups under GQA)."""
     return (f"{node_label(node)}#heads", 0)
@@ -129,8 +130,8 @@ def multi_head_attention(node, tensor, axis, g: GraphView):
     if b is not None and not isinstance(b, gs.Constant):
         reason = "with a computed bias"
     if reason or heads < 1 or not all(isinstance(d, int) and d % heads == 0 for d in widths):
-        return [Freeze((tensor.name, axis), f"MultiHeadAttention {reason or 'whose widths do not split into its heads'} "
-                                            f"({label})")]
+        why = reason or "whose widths do not split into its heads"
+        return [Freeze((tensor.name, axis), f"MultiHeadAttention {why} ({label})")]
     per = [d // heads for d in widths]
     flat = [((t.name, 2), blocks(heads, p)) for t, p in zip((q, k, v, y), per + per[2:])]
     extra = []
