@@ -86,6 +86,16 @@ def test_zero_steps_write_back_a_byte_identical_model(path):
     assert write_back(view, model).SerializeToString() == model.SerializeToString()
 
 
+@pytest.mark.parametrize("form", ["attention", "mha", "onnx"])
+def test_the_view_reproduces_fused_attention_ops(form):
+    """ONNX Runtime's Attention / MultiHeadAttention / EmbedLayerNormalization in the optimised BERT
+    (a right-padded row included) and ai.onnx Attention-23 with 4 query heads over 2 KV heads."""
+    from tests.test_fused_attention import BERT, feeds, grouped_query_graph
+
+    model = onnx.load(BERT[form]) if form in BERT else grouped_query_graph(form)
+    _assert_matches_ort(TorchView(model).eval(), model, feeds(form))
+
+
 @pytest.mark.parametrize("name,bn", [("tinyres_fmnist_bn", "frozen"), ("tinyres_fmnist_bn", "train"),
                                      ("mobilenetv2_fmnist_folded", "frozen")])
 def test_one_step_written_back_runs_in_onnx_runtime_like_the_view(name, bn):

@@ -20,7 +20,7 @@ from onnx import numpy_helper
 from torch import nn
 
 from ..errors import OnnxfuseError
-from . import nn_ops  # noqa: F401  (registers the layer ops)
+from . import attention_ops, nn_ops  # noqa: F401  (register the layer and attention ops)
 from .ops import TORCH_OPS, Mode, NodeInfo, OpFn
 
 BN_MODES = ("frozen", "train")
