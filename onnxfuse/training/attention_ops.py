@@ -101,7 +101,8 @@ def attention(node, inputs, attrs):
 
 
 @register_torch_op("com.microsoft.EmbedLayerNormalization",
-                   check=lambda node, attrs: "the embedding sum output is not supported" if node.n_outputs > 2 else None)
+                   check=lambda node, attrs: "its embedding-sum output is not supported" if node.n_outputs > 2
+                   else None)
 def embed_layer_norm(node, inputs, attrs):
     """LayerNorm(word[ids] + position[position_ids or 0…S−1] + segment[segment_ids]); the second
     output is the mask's per-row count of ones (the 1-D mask_index Attention reads)."""
