@@ -233,3 +233,31 @@ def test_a_kv_cache_freezes_the_heads_with_the_reason(tmp_path):
     onnx.save(model, path)
     [heads] = [g for g in onnxfuse.inspect(str(path))["groups"] if g["width"] == KV_HEADS]
     assert not heads["prunable"] and "graph output" in heads["frozen"]
+
+
+@pytest.mark.parametrize("form", ["attention", "gqa"])
+def test_activation_importance_of_a_head_is_its_mean_output_with_calibration_data(tmp_path, form):
+    """`--importance act` with --calib scores a head (KV group) by the mean |value| of its block of the
+    attention output, where the output projection reads it; `signal` weighs that by the projection's
+    rows. Computed here from ONNX Runtime's attention output on the same data."""
+    from onnxfuse import pipeline
+    from onnxfuse.calibration.capture import outputs_only
+
+    path = model_for(form, tmp_path)
+    calib = {k: np.concatenate([v, v[:, ::-1]]) for k, v in feeds(form, batch=4, sequence=10, seed=3).items()}
+    np.savez(tmp_path / "calib.npz", **calib)
+    model = onnx.load(path)
+    attention = [n for n in model.graph.node if n.op_type in ("Attention", "GroupQueryAttention")][0]
+    block = HEAD * (1 if form in BERT else Q_HEADS // KV_HEADS)
+    context = run(outputs_only(model, [attention.output[0]]), calib)[0]
+    want = np.abs(context).reshape(-1, context.shape[-1]).mean(axis=0).reshape(units(form), block).mean(axis=1)
+    projection = next(n for n in model.graph.node if attention.output[0] in n.input)
+    rows = numpy_helper.to_array(next(t for t in model.graph.initializer if t.name == projection.input[1]))
+    reads = np.abs(rows).reshape(units(form), -1).sum(axis=1)  # the L1 of each unit's rows
+    for importance in ("act", "signal"):
+        options = pipeline.Options(sparsity=0.5, importance=importance, calib=str(tmp_path / "calib.npz"))
+        ctx = pipeline.run(pipeline.Context.for_model(options, path), stop_after="score")
+        group = next(g for g in ctx.model.analysis.prunable if (attention.output[0], 2) in g.positions)
+        scores = ctx.decisions.scores[group.id]
+        expected = want if importance == "act" else want * reads
+        np.testing.assert_allclose(scores, expected / expected.mean(), rtol=1e-4)
