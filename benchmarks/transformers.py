@@ -5,8 +5,8 @@
   written out, that after ONNX Runtime's transformer optimizer) and PP-OCRv4 rec, the groups
   `inspect` finds and the share of MACs in nodes that prunable groups shrink;
 - accuracy (full test split) of the TorchScript nn.MultiheadAttention export, prune vs fuse:
-  data-free (uniform, no repair), with the calibration file (uniform + stats, uniform + lsq, the
-  defaults: sensitivity allocation + lsq), and the defaults then 1000 steps of distillation on the
+  data-free (uniform, no repair), with the calibration file (uniform + stats, uniform + the per-head
+  / per-neuron rescale, uniform + lsq, the defaults: sensitivity allocation + lsq), and the defaults then 1000 steps of distillation on the
   10 000 unlabelled train images of benchmarks/finetune.py;
 - onnxsim 0.8.1 at equal MACs: `apply_attention_head_pruning` (heads) + `apply_structured_pruning`
   (FFN), the sparsity bisected to the target, with and without its ridge refit, on the
@@ -44,6 +44,7 @@ FUSED = ROOT / "models" / "vit_fmnist_fused.onnx"
 RECIPES = {
     "data-free": dict(allocate="uniform", repair="none"),
     "calib: stats": dict(calib=CALIB, allocate="uniform", repair="stats"),
+    "calib: rescale": dict(calib=CALIB, allocate="uniform", repair="rescale"),
     "calib: lsq": dict(calib=CALIB, allocate="uniform", repair="lsq"),
     "calib: defaults": dict(calib=CALIB),
     "defaults + distil": dict(calib=CALIB, train=True),

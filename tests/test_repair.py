@@ -235,3 +235,34 @@ def test_select_repair_in_the_summary_and_the_probes(tmp_path, capsys):
     assert code == 0, err
     assert "select repair: " in err and "held-out output damage: none " in err
     assert PROBE_REPAIR["select"] == "lsq"
+
+
+def test_rescale_recovers_removed_channels_that_are_scaled_copies_of_kept_ones(tmp_path):
+    """conv1 (8 channels) → ReLU → 1×1 conv2: channels 4..7 are 0.1× channels 0..3 (rows, biases)
+    and conv2 reads them with the same columns, so removing them loses 0.1 of what each kept channel
+    sends: one scale per kept channel (1.1) restores conv2's output exactly, through the ReLU."""
+    from onnx import numpy_helper
+
+    from tests.netbuilder import Net
+
+    n = Net()
+    model = n.model(n.conv(n.relu(n.conv("x", 3, 8)), 8, 4, k=1))
+    inits = {t.name: t for t in model.graph.initializer}
+    conv1, conv2 = (node for node in model.graph.node if node.op_type == "Conv")
+    w, b = (numpy_helper.to_array(inits[name]) for name in conv1.input[1:3])
+    w2 = numpy_helper.to_array(inits[conv2.input[1]]).copy()
+    w2[:, 4:] = w2[:, :4]
+    for name, value in zip((*conv1.input[1:3], conv2.input[1]),
+                           (np.concatenate([w[:4], 0.1 * w[:4]]), np.concatenate([b[:4], 0.1 * b[:4]]), w2)):
+        inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
+    np.savez(tmp_path / "calib.npz", x=n.input(batch=64, seed=5))
+    options = pipeline.Options(sparsity=0.5, method="prune", repair="rescale", calib=str(tmp_path / "calib.npz"),
+                               validate=False)
+    ctx = pipeline.run(pipeline.Context.for_model(options, model), stop_after="emit")
+    assert [list(k) for k in ctx.decisions.keep.values()] == [[0, 1, 2, 3]]
+    fresh = n.input(batch=8, seed=9)
+    want, got = run(model, fresh)[0], run(ctx.model.result, fresh)[0]
+    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    [row] = ctx.report["repair"]
+    assert row["rescaled"] and row["units"] == 4 and row["output_error_after"] < 1e-4
+    assert row["scale_range"] == pytest.approx([1.1, 1.1], abs=1e-3)

@@ -127,8 +127,14 @@ def _repair_lines(report: dict) -> list[str]:
     lines, rows = [], report.get("repair") or []
     chosen = [r for r in rows if "choice" in r]
     lines += [_select_line(row) for row in chosen]
-    fits = [r for r in rows if "output_error_before" in r]
+    fits = [r for r in rows if "output_error_before" in r and "columns" in r]
+    scaled = [r for r in rows if "units" in r]
     stats = [r for r in rows if "std_error_before" in r]
+    if scaled:
+        before, after = (np.mean([s[key] for s in scaled]) for key in ("output_error_before", "output_error_after"))
+        lines.append(f"rescale repair: {sum(s['rescaled'] for s in scaled)} of {len(scaled)} consumers rescaled "
+                     f"({sum(s['units'] for s in scaled)} scales), mean relative output error on the calibration "
+                     f"data {before:.3f} -> {after:.3f}")
     if stats:
         error = np.mean([s["std_error_before"] for s in stats])
         lines.append(f"stats repair: {len(stats)} groups; the new channels' std was off its target by "
@@ -145,7 +151,7 @@ def _repair_lines(report: dict) -> list[str]:
         if held:
             lines.append("  on held-out folds: " + f"{np.mean([s['held_out_error_before'] for s in held]):.3f} -> "
                          f"{np.mean([min(s['held_out_error_refit'], s['held_out_error_before']) for s in held]):.3f}")
-    elif rows and not (chosen or stats):
+    elif rows and not (chosen or stats or scaled):
         lines.append(f"{report['options']['repair']} repair: {len(rows)} steps")
     before = report.get("validation_before_repair")
     if before and "top1_agreement" in before:
