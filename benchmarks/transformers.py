@@ -6,8 +6,8 @@
   `inspect` finds and the share of MACs in nodes that prunable groups shrink;
 - accuracy (full test split) of the TorchScript nn.MultiheadAttention export, prune vs fuse:
   data-free (uniform, no repair), with the calibration file (uniform + stats, uniform + the per-head
-  / per-neuron rescale, uniform + lsq, the defaults: sensitivity allocation + lsq), and the defaults then 1000 steps of distillation on the
-  10 000 unlabelled train images of benchmarks/finetune.py;
+  / per-neuron rescale, uniform + lsq, the defaults: sensitivity allocation + lsq), and the defaults
+  then 1000 steps of distillation on the 10 000 unlabelled train images of benchmarks/finetune.py;
 - onnxsim 0.8.1 at equal MACs: `apply_attention_head_pruning` (heads) + `apply_structured_pruning`
   (FFN), the sparsity bisected to the target, with and without its ridge refit, on the
   nn.MultiheadAttention export and on the form with com.microsoft Attention ops (the only one

@@ -261,3 +261,12 @@ def test_activation_importance_of_a_head_is_its_mean_output_with_calibration_dat
         scores = ctx.decisions.scores[group.id]
         expected = want if importance == "act" else want * reads
         np.testing.assert_allclose(scores, expected / expected.mean(), rtol=1e-4)
+
+
+def test_round_to_counts_a_head_as_its_channels(tmp_path):
+    """--round-to 8 with heads of 8 features: any head count keeps Q, K, V and the output a multiple of
+    8 channels, so heads still shrink one by one; the FFN and the hidden width round to 8."""
+    path = model_for("attention", tmp_path)
+    _, report = onnxfuse.compress(path, sparsity=0.7, round_to=8, quiet=True, validate=False)
+    kept = sorted((g["width"], g["kept"]) for g in report["groups"] if g["prunable"])
+    assert kept == [(HEADS, 1), (HEADS, 1), (HIDDEN, 8), (HIDDEN, 8), (2 * HIDDEN, 16), (2 * HIDDEN, 16)]

@@ -97,6 +97,7 @@ def test_gpu_device_without_gpu_provider(work, capsys, command, device):
 def test_round_to_auto_per_device(monkeypatch):
     assert pipeline.Options().round_to == "auto"
     assert pipeline.auto_round_to(pipeline.Options(device="cpu")) == 1
+    assert pipeline.auto_round_to(pipeline.Options(device="cpu", target_macs=0.5)) == 8
     assert pipeline.auto_round_to(pipeline.Options(device="cpu", target_latency=0.5)) == cpu_channel_block()
     monkeypatch.setattr(pipeline.options, "resolved_device", lambda device: "cuda")
     assert pipeline.auto_round_to(pipeline.Options()) == 8

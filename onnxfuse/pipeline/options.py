@@ -39,8 +39,9 @@ class Options:
                          choices=lambda: (AUTO,) + METHODS.names())
     importance: str = option("auto", f"channel importance criterion ({auto_help('importance')})",
                              choices=lambda: (AUTO,) + IMPORTANCES.names())
-    round_to: int | str = option("auto", "keep a multiple of N channels per group (auto: 8 on CUDA, 1 on the CPU, "
-                                 "the CPU's channel block with --target-latency)", metavar="N|auto", type="round_to")
+    round_to: int | str = option("auto", "keep a multiple of N channels per group (auto: 8 on CUDA or with "
+                                 "--target-macs, the CPU's channel block with --target-latency, else 1)",
+                                 metavar="N|auto", type="round_to")
     global_ranking: bool = option(False, "rank channels across all groups instead of the same sparsity in each",
                                   flag="--global", action="store_true")
     max_sparsity: float = option(1.0, "at most this fraction of a group goes")
@@ -271,10 +272,17 @@ def positive_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= 1
 
 
+ALIGNED = 8  # tensor-core tiles on CUDA; ONNX Runtime's CPU channel block with AVX2, half of AVX-512's
+
+
 def auto_round_to(options: Options) -> int:
-    """Channel multiple per device: 8 on CUDA (tensor-core tiles); on the CPU 1, or with a latency
-    target the width of ONNX Runtime's NCHWc blocks, since widths between two blocks cost the same
-    time there (benchmarks/RESULTS.md, "Latency")."""
+    """Channel multiple: 8 on CUDA and under a MAC target on the CPU, where widths between two of
+    ONNX Runtime's channel blocks cost the time of the next block (benchmarks/RESULTS.md, "Channel
+    multiple under a MAC target": a multiple of 8 turns the same MAC ratio into much more speed-up
+    for about half a point); with a latency target the CPU's own block; 1 for a plain --sparsity on
+    the CPU (the exact count, as Torch-Pruning)."""
     if resolved_device(options.device) != "cpu":
-        return 8
-    return cpu_channel_block() if options.target_latency is not None else 1
+        return ALIGNED
+    if options.target_latency is not None:
+        return cpu_channel_block()
+    return ALIGNED if options.target_macs is not None else 1

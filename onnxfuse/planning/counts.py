@@ -3,16 +3,29 @@
 Uniform: every group keeps int(n · (1 − sparsity)) channels (Torch-Pruning's count). Global: the
 mean-normalised importances of all prunable groups are ranked together and the least important
 channels go, each group losing at most `max_sparsity` of its channels. Either way the count is
-rounded down to a multiple of `round_to`, and `target_macs` searches the sparsity whose
-estimated MACs meet the budget.
+rounded down to a multiple of `round_to` channels (of units that span several channels, a head
+of D, as many as keep the channel count a multiple: `unit_multiple`), and `target_macs` searches
+the sparsity whose estimated MACs meet the budget.
 """
 
 from __future__ import annotations
+
+import math
 
 import numpy as np
 
 from ..analysis.channels import Analysis, Group
 from ..errors import OnnxfuseError
+
+
+def unit_multiple(group: Group, round_to: int) -> int:
+    """The multiple of the group's units to keep so that every weighted tensor it runs through keeps
+    a multiple of `round_to` channels: a unit spanning k channels there (a head of D features, a
+    flattened channel) needs round_to / gcd(round_to, k) of them; a plain channel needs round_to."""
+    if round_to <= 1:
+        return 1
+    spans = {group.positions[m.space].shape[1] for m in group.members if m.space in group.positions} or {1}
+    return math.lcm(*(round_to // math.gcd(round_to, k) for k in spans))
 
 
 def keep_count(width: int, sparsity: float, round_to: int = 1) -> int:
@@ -38,7 +51,7 @@ def keep_counts(groups: list[Group], scores: dict[int, np.ndarray], sparsity: fl
                 global_ranking: bool = False, max_sparsity: float = 1.0) -> dict[int, int]:
     if not global_ranking:
         return {g.id: _round(max(int(g.width * (1 - sparsity)), _floor_keep(g.width, max_sparsity)),
-                             g.width, round_to) for g in groups}
+                             g.width, unit_multiple(g, round_to)) for g in groups}
     all_scores = np.concatenate([scores[g.id] for g in groups]) if groups else np.zeros(0)
     n_pruned = len(all_scores) - int(len(all_scores) * (1 - sparsity))
     if n_pruned <= 0:
@@ -47,7 +60,7 @@ def keep_counts(groups: list[Group], scores: dict[int, np.ndarray], sparsity: fl
     counts = {}
     for g in groups:
         keep = int((scores[g.id] > threshold).sum())
-        counts[g.id] = _round(max(keep, _floor_keep(g.width, max_sparsity)), g.width, round_to)
+        counts[g.id] = _round(max(keep, _floor_keep(g.width, max_sparsity)), g.width, unit_multiple(g, round_to))
     return counts
 
 

@@ -10,7 +10,7 @@ from ..calibration.data import random_inputs
 from ..log import info, progress
 from ..runtime.sessions import session
 from ..runtime.timing import Timer, default_threads, time_interleaved
-from .counts import estimated_mac_ratio, keep_count, node_factors, node_spaces
+from .counts import estimated_mac_ratio, keep_count, node_factors, node_spaces, unit_multiple
 
 LATENCY_LEVELS = (0.25, 0.5, 0.75)
 
@@ -57,7 +57,8 @@ class LatencyModel:
         self.total = sum(analysis.node_macs.values()) or 1
         efficiency = {}
         for g in analysis.prunable:
-            macs_saved = np.array([1 - estimated_mac_ratio(analysis, {g.id: keep_count(g.width, s, round_to)})
+            macs_saved = np.array([1 - estimated_mac_ratio(analysis, {g.id: keep_count(g.width, s,
+                                                                                       unit_multiple(g, round_to))})
                                    for s in levels])
             fit = float(savings[g.id] @ macs_saved / max(macs_saved @ macs_saved, 1e-12))
             efficiency.update({space: min(max(fit, 0.0), 3.0) for space in g.positions})

@@ -13,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 
 from ..errors import OnnxfuseError
-from .counts import estimated_mac_ratio, keep_count
+from .counts import estimated_mac_ratio, keep_count, unit_multiple
 
 LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
@@ -41,18 +41,19 @@ def allocate(analysis, damage: dict[int, dict[float, float]], target: float, rou
     """Greedy: raise the sparsity of the group whose next level costs the least damage per unit of
     `ratio_of(counts)` saved (default: the estimated MAC ratio)."""
     groups = {g.id: g for g in analysis.prunable}
+    multiple = {gid: unit_multiple(g, round_to) for gid, g in groups.items()}
     level = {gid: 0.0 for gid in groups}
     ratio_of = ratio_of or (lambda counts: estimated_mac_ratio(analysis, counts))
 
     def counts(levels):
-        return {gid: keep_count(groups[gid].width, s, round_to) for gid, s in levels.items()}
+        return {gid: keep_count(groups[gid].width, s, multiple[gid]) for gid, s in levels.items()}
 
     def next_step(gid, current):
         """The lowest measured level above `current` that keeps fewer channels: with --round-to,
         neighbouring levels can round to the same count, and such a step saves nothing."""
-        now = keep_count(groups[gid].width, current, round_to)
+        now = keep_count(groups[gid].width, current, multiple[gid])
         return next((s for s in sorted(damage[gid]) if s > current
-                     and keep_count(groups[gid].width, s, round_to) < now), None)
+                     and keep_count(groups[gid].width, s, multiple[gid]) < now), None)
 
     ratio = ratio_of(counts(level))
     while ratio > target:
@@ -80,6 +81,7 @@ def importance_damage(groups, scores: dict[int, np.ndarray], levels=LEVELS, roun
     damage = {}
     for g in groups:
         ranked, total = np.sort(scores[g.id]), max(float(scores[g.id].sum()), 1e-12)
-        damage[g.id] = {0.0: 0.0, **{s: float(ranked[:g.width - keep_count(g.width, s, round_to)].sum()) / total
+        kept = {s: keep_count(g.width, s, unit_multiple(g, round_to)) for s in levels}
+        damage[g.id] = {0.0: 0.0, **{s: float(ranked[:g.width - kept[s]].sum()) / total
                                      for s in levels}}
     return damage
