@@ -88,17 +88,24 @@ def _linear_consumer_model():
     return model, n
 
 
-def test_lsq_reproduces_a_linear_consumer_when_kept_channels_span_the_removed(tmp_path):
-    model, net = _linear_consumer_model()
+def _pruned_half_and_repaired(model, net, repair: str, tmp_path):
+    """Half of the channels pruned, `repair` fitted on 64 inputs; checks that channels 0..3 are kept
+    and that the result reproduces the model on fresh inputs (≤ 1e-4 of its largest output)."""
     x = net.input(batch=64, seed=5)
     np.savez(tmp_path / "calib.npz", x=x)
-    options = pipeline.Options(sparsity=0.5, method="prune", repair="lsq", calib=str(tmp_path / "calib.npz"),
+    options = pipeline.Options(sparsity=0.5, method="prune", repair=repair, calib=str(tmp_path / "calib.npz"),
                                validate=False)
     ctx = pipeline.run(pipeline.Context.for_model(options, model), stop_after="emit")
     assert [list(k) for k in ctx.decisions.keep.values()] == [[0, 1, 2, 3]]
     fresh = net.input(batch=8, seed=9)
     want, got = run(model, fresh)[0], run(ctx.model.result, fresh)[0]
     np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    return ctx, x, fresh, want
+
+
+def test_lsq_reproduces_a_linear_consumer_when_kept_channels_span_the_removed(tmp_path):
+    model, net = _linear_consumer_model()
+    ctx, x, fresh, want = _pruned_half_and_repaired(model, net, "lsq", tmp_path)
     plain = pipeline.run(pipeline.Context.for_model(pipeline.Options(sparsity=0.5, validate=False), model)).model.result
     assert np.abs(run(plain, fresh)[0] - want).max() > 1e-2 * np.abs(want).max()  # without repair it is not
     [fit] = ctx.report["repair"]  # what the refit recovered, measured on sampled calibration positions
@@ -255,14 +262,7 @@ def test_rescale_recovers_removed_channels_that_are_scaled_copies_of_kept_ones(t
     for name, value in zip((*conv1.input[1:3], conv2.input[1]),
                            (np.concatenate([w[:4], 0.1 * w[:4]]), np.concatenate([b[:4], 0.1 * b[:4]]), w2)):
         inits[name].CopyFrom(numpy_helper.from_array(value.astype(np.float32), name))
-    np.savez(tmp_path / "calib.npz", x=n.input(batch=64, seed=5))
-    options = pipeline.Options(sparsity=0.5, method="prune", repair="rescale", calib=str(tmp_path / "calib.npz"),
-                               validate=False)
-    ctx = pipeline.run(pipeline.Context.for_model(options, model), stop_after="emit")
-    assert [list(k) for k in ctx.decisions.keep.values()] == [[0, 1, 2, 3]]
-    fresh = n.input(batch=8, seed=9)
-    want, got = run(model, fresh)[0], run(ctx.model.result, fresh)[0]
-    np.testing.assert_allclose(got, want, atol=1e-4 * np.abs(want).max())
+    ctx = _pruned_half_and_repaired(model, n, "rescale", tmp_path)[0]
     [row] = ctx.report["repair"]
     assert row["rescaled"] and row["units"] == 4 and row["output_error_after"] < 1e-4
     assert row["scale_range"] == pytest.approx([1.1, 1.1], abs=1e-3)

@@ -50,20 +50,21 @@ BATCH = 64
 
 @register_repair("lsq")
 def repair_lsq(job: RepairJob) -> list[dict]:
-    graph, analysis, space_maps = job.graph, job.analysis, job.space_maps
-    order = {node.name: i for i, node in enumerate(graph.nodes)}
-    nodes = {node.name: node for node in graph.nodes}
-    consumers = sorted({m.node for gid in space_maps.maps for m in analysis.groups[gid].members
+    folds, original_columns = job.data.folds(FOLDS), _original_columns(job.original)
+    return [_refit(job, node, folds, original_columns) for node in fittable_consumers(job, "least-squares repair")]
+
+
+def fittable_consumers(job: RepairJob, desc: str):
+    """The consumers of the mapped groups that a repair can refit, in graph order, with progress:
+    not grouped convs, nor ONNX Runtime's fused ops (their outputs are after their activation)."""
+    order = {node.name: i for i, node in enumerate(job.graph.nodes)}
+    nodes = {node.name: node for node in job.graph.nodes}
+    consumers = sorted({m.node for gid in job.space_maps.maps for m in job.analysis.groups[gid].members
                         if m.role == "consumer" and m.scored}, key=lambda n: order.get(n, 0))
-    folds = job.data.folds(FOLDS)
-    original_columns = _original_columns(job.original)
-    report = []
-    for name in progress(consumers, desc="least-squares repair"):
+    for name in progress(consumers, desc=desc):
         node = nodes[name]
-        if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft":
-            continue  # grouped convs; ORT's fused ops, whose outputs are after their activation
-        report.append(_refit(job, node, folds, original_columns))
-    return report
+        if not (node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft"):
+            yield node
 
 
 @dataclass

@@ -18,7 +18,6 @@ import numpy as np
 from ..calibration.capture import outputs_only
 from ..graph.convert import runnable
 from ..graph.layouts import layout_of
-from ..log import progress
 from ..runtime.sessions import session
 from . import lsq
 from .registry import RepairJob, register_repair
@@ -26,18 +25,9 @@ from .registry import RepairJob, register_repair
 
 @register_repair("rescale")
 def repair_rescale(job: RepairJob) -> list[dict]:
-    graph, analysis, space_maps = job.graph, job.analysis, job.space_maps
-    order = {node.name: i for i, node in enumerate(graph.nodes)}
-    nodes = {node.name: node for node in graph.nodes}
-    consumers = sorted({m.node for gid in space_maps.maps for m in analysis.groups[gid].members
-                        if m.role == "consumer" and m.scored}, key=lambda n: order.get(n, 0))
-    folds = job.data.folds(lsq.FOLDS)
-    original_columns = lsq._original_columns(job.original)
+    folds, original_columns = job.data.folds(lsq.FOLDS), lsq._original_columns(job.original)
     report = []
-    for name in progress(consumers, desc="rescale repair"):
-        node = nodes[name]
-        if node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft":
-            continue
+    for node in lsq.fittable_consumers(job, "rescale repair"):
         units = _units(job, node)
         if units is not None:
             report.append(_rescale(job, node, units, folds, original_columns))
