@@ -43,6 +43,30 @@ def test_rounding_that_makes_neighbouring_levels_equal_does_not_stall_the_alloca
         assert all(c % 8 == 0 or c == analysis.groups[gid].width for gid, c in counts.items())
 
 
+def test_a_step_the_budget_no_longer_needs_is_taken_back():
+    """Group H's first step is the cheapest per MAC but too small to meet the budget, so the greedy
+    then takes G's, which alone would have been enough: H's step is taken back (less damage, still
+    within the budget). Every other group is too costly to touch."""
+    from onnxfuse.planning.counts import keep_count
+
+    analysis = _analysis()
+    groups = {g.id: g for g in analysis.prunable}
+    full = {gid: g.width for gid, g in groups.items()}
+
+    def ratio_with(gid):
+        return estimated_mac_ratio(analysis, {**full, gid: keep_count(groups[gid].width, 0.125)})
+
+    saving = {gid: 1 - ratio_with(gid) for gid in groups}
+    small, large = min(saving, key=saving.get), max(saving, key=saving.get)
+    damage = {gid: {0.0: 0.0, **{s: 1e3 for s in LEVELS}} for gid in groups}
+    damage[large] = {0.0: 0.0, **{s: 1.0 + s for s in LEVELS}}
+    damage[small] = {0.0: 0.0, **{s: 0.5 * (1.0 + s) * saving[small] / saving[large] for s in LEVELS}}
+    counts = allocate(analysis, damage, ratio_with(large))
+    assert counts[large] < groups[large].width
+    assert counts[small] == groups[small].width  # taken back
+    assert estimated_mac_ratio(analysis, counts) <= ratio_with(large)
+
+
 def test_sensitivity_allocation_meets_the_budget_and_is_not_worse_than_uniform(tmp_path):
     calib = np.load(ROOT / "models" / "data" / "fmnist_calib512.npz")
     np.savez(tmp_path / "calib.npz", input=calib["input"][:96])

@@ -39,7 +39,8 @@ def best_plan(probes, candidates: dict[str, dict[int, int]]) -> tuple[str, dict[
 def allocate(analysis, damage: dict[int, dict[float, float]], target: float, round_to: int = 1,
              ratio_of=None, what: str = "MACs") -> dict[int, int]:
     """Greedy: raise the sparsity of the group whose next level costs the least damage per unit of
-    `ratio_of(counts)` saved (default: the estimated MAC ratio)."""
+    `ratio_of(counts)` saved (default: the estimated MAC ratio), then take back steps that the
+    budget does not need."""
     groups = {g.id: g for g in analysis.prunable}
     multiple = {gid: unit_multiple(g, round_to) for gid, g in groups.items()}
     level = {gid: 0.0 for gid in groups}
@@ -73,7 +74,25 @@ def allocate(analysis, damage: dict[int, dict[float, float]], target: float, rou
                                 f"(reached {ratio:.3f})")
         level[best[0]] = best[1]
         ratio = ratio_of(counts(level))
-    return counts(level)
+    return counts(_taken_back(level, damage, target, lambda levels: ratio_of(counts(levels)), counts))
+
+
+def _taken_back(level: dict, damage: dict, target: float, ratio_of, counts) -> dict:
+    """The greedy's last steps can overshoot the budget (coarse steps under --round-to): step back
+    the group whose lower level saves the most damage while the budget still holds, until none can."""
+    while True:
+        best, best_gain = None, 0.0
+        for gid, current in level.items():
+            kept = counts({gid: current})[gid]
+            lower = max((s for s in damage[gid] if s < current and counts({gid: s})[gid] > kept), default=None)
+            if lower is None or ratio_of({**level, gid: lower}) > target:
+                continue
+            gain = damage[gid][current] - damage[gid][lower]
+            if gain > best_gain:
+                best, best_gain = (gid, lower), gain
+        if best is None:
+            return level
+        level = {**level, best[0]: best[1]}
 
 
 def importance_damage(groups, scores: dict[int, np.ndarray], levels=LEVELS, round_to: int = 1) -> dict:
