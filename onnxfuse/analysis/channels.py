@@ -51,7 +51,7 @@ class Analysis:
     fixups: list[Fixup]
     frozen_spaces: dict[Space, str]
     node_macs: dict[str, int]
-    product_spaces: dict[str, list[Space]] = field(default_factory=dict)  # MatMuls of two activations
+    product_spaces: dict[str, list[Space]] = field(default_factory=dict)  # activation products, fused attention
 
     @property
     def prunable(self) -> list[Group]:
