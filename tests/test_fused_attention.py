@@ -270,3 +270,15 @@ def test_round_to_counts_a_head_as_its_channels(tmp_path):
     _, report = onnxfuse.compress(path, sparsity=0.7, round_to=8, quiet=True, validate=False)
     kept = sorted((g["width"], g["kept"]) for g in report["groups"] if g["prunable"])
     assert kept == [(HEADS, 1), (HEADS, 1), (HIDDEN, 8), (HIDDEN, 8), (2 * HIDDEN, 16), (2 * HIDDEN, 16)]
+
+
+def test_the_fused_bert_compresses_with_calibration_and_trains(tmp_path):
+    """The whole path on integer token inputs: sensitivity allocation and lsq on calibration rows,
+    then a few distillation steps in the torch view of ONNX Runtime's fused ops."""
+    pytest.importorskip("torch")
+    np.savez(tmp_path / "tokens.npz", **feeds("attention", batch=32, sequence=16, seed=1))
+    data = str(tmp_path / "tokens.npz")
+    model, report = onnxfuse.compress(str(BERT["attention"]), target_macs=0.5, calib=data, train_data=data,
+                                      train_steps=3, batch=8, quiet=True)
+    assert report["train"]["steps"] == 3 and report["macs_after"] <= 0.5 * report["macs_before"]
+    assert run(model, feeds("attention", batch=2, sequence=9))[0].shape == (2, 3)
