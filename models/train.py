@@ -170,6 +170,8 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--max-steps", type=int, default=0, help="debug: stop each epoch after N steps")
+    ap.add_argument("--init", type=Path, default=None, metavar="CKPT",
+                    help="start from this checkpoint's weights (a second OneCycle run); the log is appended")
     ap.add_argument("--export-only", action="store_true", help="load checkpoint and re-export")
     ap.add_argument("--no-export", action="store_true")
     args = ap.parse_args(argv)
@@ -182,7 +184,7 @@ def main(argv=None):
     stem = f"{args.arch}_fmnist{part}"
     ckpt_path = CKPT_DIR / f"{stem}.pt"
     log_path = LOG_DIR / f"{args.arch}{part}_train.log"
-    logf = open(log_path, "a" if args.export_only else "w")
+    logf = open(log_path, "a" if args.export_only or args.init else "w")
 
     def log(msg):
         print(msg, flush=True)
@@ -210,6 +212,9 @@ def main(argv=None):
     xte, yte = torch.from_numpy(xte), torch.from_numpy(yte)
 
     model = build(args.arch, width)
+    if args.init:
+        model.load_state_dict(torch.load(args.init, map_location="cpu")["state_dict"])
+        log(f"initialised from {args.init}")
     n_params = sum(p.numel() for p in model.parameters())
     log(f"arch {args.arch} width {width} params {n_params}")
     cl = not args.no_channels_last
@@ -271,6 +276,7 @@ def main(argv=None):
     result = {"arch": args.arch, "width": width, "epochs": args.epochs,
               "batch_size": args.batch_size, "opt": args.opt, "lr": args.lr, "wd": args.wd,
               "label_smoothing": args.label_smoothing, "pad": args.pad, "seed": args.seed,
+              "init": str(args.init) if args.init else None,
               "params_torch": n_params, "test_acc_torch": final_acc,
               "train_seconds": round(total_time, 1), "command": command,
               "torch": torch.__version__, "history": history}

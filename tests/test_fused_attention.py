@@ -209,6 +209,46 @@ def test_merging_duplicate_heads_reproduces_the_outputs(tmp_path, form):
     assert np.abs(run(pruned, feeds(form))[0] - want).max() > 1e-2  # dropping them is not exact
 
 
+def reordered_units(form: str):
+    """As duplicate_units, with each copy's D channels reordered: one order for Q and K (under GQA in
+    every query head of the group), another for V."""
+    rng = np.random.default_rng(1)
+    qk, v = rng.permutation(HEAD), rng.permutation(HEAD)
+
+    def bert(arrays):
+        for source, copy in ((0, 2), (1, 3)):
+            for p, (part, order) in enumerate(zip("qkv", (qk, qk, v))):
+                arrays[part][:, head_blocks(copy, HEAD)] = arrays[part][:, head_blocks(source, HEAD)][:, order]
+                bias = arrays["bias"][p * HIDDEN:(p + 1) * HIDDEN]
+                bias[head_blocks(copy, HEAD)] = bias[head_blocks(source, HEAD)][order]
+
+    def grouped(weights):
+        ratio = Q_HEADS // KV_HEADS
+        per_head = np.concatenate([g * HEAD + qk for g in range(ratio)])
+        weights["wq"][:, head_blocks(1, ratio * HEAD)] = weights["wq"][:, head_blocks(0, ratio * HEAD)][:, per_head]
+        for w, order in (("wk", qk), ("wv", v)):
+            weights[w][:, head_blocks(1, HEAD)] = weights[w][:, head_blocks(0, HEAD)][:, order]
+    return bert if form in BERT else grouped
+
+
+@pytest.mark.parametrize("form", FORMS)
+def test_merging_heads_that_hold_their_channels_in_another_order_reproduces_the_outputs(tmp_path, form,
+                                                                                      monkeypatch):
+    """Each copy is aligned onto its original before they merge (methods/head_alignment.py)."""
+    path = model_for(form, tmp_path, reordered_units(form))
+    want = run(onnx.load(path), feeds(form))[0]
+    options = dict(sparsity=0.5, method="fuse", ignore=only_heads(path, form), normalization="average",
+                   fuse_keep="cover", quiet=True)
+    fused, report = onnxfuse.compress(path, **options)
+    assert all(g["kept"] == units(form) // 2 for g in report["groups"] if g["prunable"])
+    np.testing.assert_allclose(run(fused, feeds(form))[0], want, atol=1e-4)
+    from onnxfuse.methods import intra_fusion
+
+    monkeypatch.setattr(intra_fusion.HeadAlignment, "build", classmethod(lambda cls, *args: None))
+    unaligned, _ = onnxfuse.compress(path, **options)
+    assert np.abs(run(unaligned, feeds(form))[0] - want).max() > 1e-2
+
+
 @pytest.mark.parametrize("form", FORMS)
 def test_the_mac_estimate_counts_the_fused_products(tmp_path, form):
     from onnxfuse import pipeline

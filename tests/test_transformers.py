@@ -146,6 +146,80 @@ def test_merging_duplicate_heads_reproduces_the_outputs(tmp_path, form):
 
 
 @pytest.mark.parametrize("form", FORMS)
+def test_merging_heads_that_hold_their_channels_in_another_order_reproduces_the_outputs(tmp_path, form,
+                                                                                      monkeypatch):
+    """Heads 2 and 3 are heads 0 and 1 with their D channels reordered, one order for Q and K and
+    another for V (the output projections differ): a head is aligned onto the one it merges into
+    before they are averaged (Imfeld et al.), which makes the merge exact; unaligned, it is not."""
+    rng = np.random.default_rng(0)
+    orders = rng.permutation(HEAD), rng.permutation(HEAD)
+
+    def reordered_copies(mha, block):
+        with torch.no_grad():
+            for source, copy in ((0, 2), (1, 3)):
+                for src, dst, order in zip(_head_rows(source), _head_rows(copy), (orders[0], orders[0], orders[1])):
+                    mha.in_proj_weight[dst] = mha.in_proj_weight[src][order]
+                    mha.in_proj_bias[dst] = mha.in_proj_bias[src][order]
+
+    path = exported(tmp_path, form, reordered_copies)
+    want = run(onnx.load(path), images())[0]
+    options = dict(sparsity=0.5, method="fuse", ignore=only_heads(path), normalization="average",
+                   fuse_keep="cover", quiet=True)
+    fused, report = onnxfuse.compress(path, **options)
+    assert [g["kept"] for g in report["groups"] if g["prunable"]] == [HEADS // 2] * DEPTH
+    np.testing.assert_allclose(run(fused, images())[0], want, atol=1e-4)
+    from onnxfuse.methods import intra_fusion
+
+    monkeypatch.setattr(intra_fusion.HeadAlignment, "build", classmethod(lambda cls, *args: None))
+    unaligned, _ = onnxfuse.compress(path, **options)
+    assert np.abs(run(unaligned, images())[0] - want).max() > 1e-2
+
+
+def hand_written_attention(scale_d: bool) -> onnx.ModelProto:
+    """x (B, S, 32) → Q, K, V → 4 heads of 8 → softmax(Q·Kᵀ)·V → merge → output projection; with
+    `scale_d` Q is multiplied by a constant over its 8 head channels first."""
+    from onnx import TensorProto, helper as oh, numpy_helper
+
+    rng = np.random.default_rng(0)
+    weights = {w: (0.3 * rng.standard_normal((DIM, DIM))).astype(np.float32) for w in ("wq", "wk", "wv", "wo")}
+    weights["split"], weights["merge"] = np.array([0, 0, HEADS, HEAD]), np.array([0, 0, DIM])
+    weights["scale"] = rng.uniform(0.5, 2, HEAD).astype(np.float32)
+    nodes = [oh.make_node("MatMul", ["x", f"w{t}"], [t]) for t in "qkv"]
+    nodes += [oh.make_node("Reshape", [t, "split"], [f"{t}4"]) for t in "qkv"]
+    q = "q4"
+    if scale_d:
+        nodes.append(oh.make_node("Mul", ["q4", "scale"], ["q4s"]))
+        q = "q4s"
+    nodes += [oh.make_node("Transpose", [q], ["qt"], perm=[0, 2, 1, 3]),
+              oh.make_node("Transpose", ["k4"], ["kt"], perm=[0, 2, 3, 1]),
+              oh.make_node("Transpose", ["v4"], ["vt"], perm=[0, 2, 1, 3]),
+              oh.make_node("MatMul", ["qt", "kt"], ["scores"]), oh.make_node("Softmax", ["scores"], ["p"], axis=-1),
+              oh.make_node("MatMul", ["p", "vt"], ["context"]),
+              oh.make_node("Transpose", ["context"], ["ct"], perm=[0, 2, 1, 3]),
+              oh.make_node("Reshape", ["ct", "merge"], ["merged"]), oh.make_node("MatMul", ["merged", "wo"], ["y"])]
+    x, y = (oh.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 6, DIM]) for n in "xy")
+    graph = oh.make_graph(nodes, "attention", [x], [y], [numpy_helper.from_array(v, k) for k, v in weights.items()])
+    return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("scale_d", (False, True))
+def test_heads_are_aligned_only_where_nothing_but_the_attention_products_touch_their_channels(scale_d):
+    """A constant over a head's channels ties each coordinate to its place: then heads merge unaligned."""
+    from onnxfuse import pipeline
+
+    ctx = pipeline.Context.for_model(pipeline.Options(sparsity=0.5, method="fuse"), hand_written_attention(scale_d))
+    ctx = pipeline.run(ctx)
+    [heads] = [g for g in ctx.model.analysis.prunable if g.width == HEADS]
+    if scale_d:
+        assert heads.coords is None
+    else:  # Q and K read one order, V and the output projection another
+        systems = {space[0]: set(np.unique(c // (1 << 20)).tolist()) for space, c in heads.coords.items()}
+        assert systems["q"] == systems["k"] != systems["v"] == systems["merged"] and len(systems["q"]) == 1
+    x = np.random.default_rng(1).standard_normal((2, 6, DIM)).astype(np.float32)
+    assert run(ctx.model.result, {"x": x})[0].shape == (2, 6, DIM)
+
+
+@pytest.mark.parametrize("form", FORMS)
 def test_the_mac_estimate_counts_the_attention_products(tmp_path, form):
     """Q·Kᵀ and A·V shrink with the heads: the planner's estimate is the MAC count of what it writes."""
     from onnxfuse import pipeline

@@ -21,9 +21,10 @@ from scipy.sparse.csgraph import connected_components
 
 from ..graph.metrics import PRODUCTS, is_fused_attention
 from ..graph.view import GraphView, node_label
-from .relations import Couple, Expand, Fixup, Freeze, Inner, Local, Member, Offset, Space
+from .relations import Couple, Expand, Fixup, Freeze, Inner, Local, Member, Offset, Space, Within, spaces_of
 from .rules import relations_for, seed_spaces
 from .rules.attention import head_space
+from .within import coordinates, couple_roots, group_coordinates
 
 
 @dataclass
@@ -34,6 +35,7 @@ class Group:
     frozen: str | None = None
     members: list[Member] = field(default_factory=list)
     macs: int = 0
+    coords: dict[Space, np.ndarray] | None = None  # heads: coordinate of each column inside a head (within.py)
 
     @property
     def prunable(self) -> bool:
@@ -82,6 +84,7 @@ def member_rows(group: Group, tensors: dict[str, gs.Tensor], min_ndim: int = 1,
 def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, int] | None = None) -> Analysis:
     g = GraphView(graph)
     relations, widths = _collect_relations(g, ignore)
+    labels = coordinates(relations, widths)
     relations = _inner_spaces_resolved(relations)
     frozen = _frozen_spaces(relations, widths)
     members, fixups = _members_and_fixups(relations, widths)
@@ -89,6 +92,8 @@ def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, 
     node_macs = node_macs or {}
     for group in groups:
         group.macs = sum(node_macs.get(n, 0) for n in {m.node for m in group.members if m.scored})
+        if group.prunable and labels:
+            group.coords = group_coordinates(group.positions, labels)
     return Analysis(widths, groups, members, fixups, frozen, node_macs, _product_spaces(g))
 
 
@@ -121,7 +126,7 @@ def _collect_relations(g: GraphView, ignore: tuple[str, ...]):
     relations, keys = [], set()
 
     def add(rel):
-        key = rel.key() if isinstance(rel, Expand) else rel.dedupe_key() if isinstance(rel, Fixup) else rel
+        key = rel.key() if isinstance(rel, Expand) else rel.dedupe_key() if isinstance(rel, (Fixup, Within)) else rel
         if key not in keys:
             keys.add(key)
             relations.append(rel)
@@ -139,11 +144,11 @@ def _collect_relations(g: GraphView, ignore: tuple[str, ...]):
             if isinstance(rel, Local):  # a node's own space: nothing beyond it to explore
                 seen.add(rel.space)
                 widths[rel.space] = rel.width
-            for other in _spaces_of(rel):
+            for other in spaces_of(rel):
                 if other not in seen:
                     queue.append(other)
     for rel in relations:  # spaces that only appear as members still need a width
-        for space in _spaces_of(rel):
+        for space in spaces_of(rel):
             if space not in widths:
                 dim = g.dim(g.tensors[space[0]], space[1])
                 widths[space] = dim if isinstance(dim, int) else None
@@ -173,36 +178,15 @@ def _space_relations(g: GraphView, tensor, space: Space, ignore):
 def _inner_spaces_resolved(relations) -> list:
     """Every space coupled (through Couple chains) with an Inner one frozen for the same reason,
     and the expansions of those spaces into merged axes dropped."""
-    parent: dict[Space, Space] = {}
-
-    def root(space: Space) -> Space:
-        while parent.setdefault(space, space) != space:
-            parent[space] = parent[parent[space]]
-            space = parent[space]
-        return space
-
-    for rel in relations:
-        if isinstance(rel, Couple):
-            parent[root(rel.a)] = root(rel.b)
+    root = couple_roots(relations)
     reasons = {root(rel.space): rel.reason for rel in relations if isinstance(rel, Inner)}
     if not reasons:
         return relations
-    inner = [s for s in list(parent) + [rel.space for rel in relations if isinstance(rel, Inner)] if root(s) in reasons]
+    coupled = [s for rel in relations if isinstance(rel, Couple) for s in (rel.a, rel.b)]
+    inner = [s for s in coupled + [rel.space for rel in relations if isinstance(rel, Inner)] if root(s) in reasons]
     kept = [rel for rel in relations if not isinstance(rel, Inner)
             and not (isinstance(rel, Expand) and root(rel.channel) in reasons)]
     return kept + [Freeze(s, reasons[root(s)]) for s in dict.fromkeys(inner)]
-
-
-def _spaces_of(rel) -> list[Space]:
-    if isinstance(rel, Couple):
-        return [rel.a, rel.b]
-    if isinstance(rel, Offset):
-        return [rel.whole, rel.part]
-    if isinstance(rel, Expand):
-        return [rel.channel, rel.flat]
-    if isinstance(rel, (Member, Freeze, Inner, Local)):
-        return [rel.space]
-    return []
 
 
 def _frozen_spaces(relations, widths) -> dict[Space, str]:
@@ -213,7 +197,7 @@ def _frozen_spaces(relations, widths) -> dict[Space, str]:
             frozen.setdefault(s, reason)
 
     for rel in relations:
-        spaces = _spaces_of(rel)
+        spaces = spaces_of(rel)
         if isinstance(rel, Freeze):
             freeze(spaces, rel.reason)
         elif any(widths.get(s) is None for s in spaces):
@@ -293,7 +277,7 @@ def _atoms(relations, widths, offsets, total) -> np.ndarray:
     """Connected components of the channel ties: label[position] = atom id."""
     src, dst = [], []
     for rel in relations:
-        if not all(s in offsets for s in _spaces_of(rel)):
+        if not all(s in offsets for s in spaces_of(rel)):
             continue
         if isinstance(rel, Couple) and widths[rel.a] == widths[rel.b]:
             n = widths[rel.a]

@@ -20,6 +20,11 @@ that axis relates to the axes of the node's other tensors. A rule answers with r
 - `Inner(space, reason)`: the space runs inside blocks of another axis (a head's D channels after
   a split (…, H·D) → (…, H, D)): frozen, and so is every space coupled with it, none of which
   expands into a merged axis (the block axis does: merging H and D back must not tie the heads).
+- `Within(space, index, coords, key)`: positions `index[u, c]` of `space` hold coordinate `coords[c]`
+  of unit u in the coordinate system `key` (a head's D channels after a head split, named by the
+  split's inner space; or a fused op's Q·Kᵀ and A·V sides). Coordinates of one system may be
+  permuted inside every unit alike without changing what the model computes, when nothing but
+  transposes and the attention products touch them; head fusion aligns heads by it.
 - `Fixup(node, key, apply)`: an attribute or shape constant recomputed from the new widths.
 
 An op missing from the table freezes every space that reaches it: unknown means frozen.
@@ -90,6 +95,17 @@ class Inner:
 
 
 @dataclass(frozen=True, eq=False)
+class Within:
+    space: Space
+    index: np.ndarray  # (units, columns) positions in `space`
+    coords: np.ndarray  # (columns,) coordinate of each column in the system `key`
+    key: Space
+
+    def dedupe_key(self):
+        return ("within", self.space, self.key, self.index.tobytes())
+
+
+@dataclass(frozen=True, eq=False)
 class Fixup:
     node: str
     key: str
@@ -99,4 +115,17 @@ class Fixup:
         return ("fixup", self.node, self.key)
 
 
-Relation = Couple | Offset | Expand | Member | Local | Freeze | Inner | Fixup
+Relation = Couple | Offset | Expand | Member | Local | Freeze | Inner | Within | Fixup
+
+
+def spaces_of(rel) -> list[Space]:
+    """The channel spaces a relation names (a Within's positions are named by the rule's others)."""
+    if isinstance(rel, Couple):
+        return [rel.a, rel.b]
+    if isinstance(rel, Offset):
+        return [rel.whole, rel.part]
+    if isinstance(rel, Expand):
+        return [rel.channel, rel.flat]
+    if isinstance(rel, (Member, Freeze, Inner, Local)):
+        return [rel.space]
+    return []

@@ -63,6 +63,20 @@ def layout_of(node: gs.Node) -> WeightLayout | None:
     return None
 
 
+PACKED_PROJECTION = WeightLayout("MatMul", out_axis=1, in_axis=0, bias=2, data_axis=-1)
+
+
+def is_packed_attention(node: gs.Node) -> bool:
+    """ONNX Runtime's com.microsoft Attention: x · W + bias (Q, K and V packed) inside the op."""
+    return node.domain == "com.microsoft" and node.op == "Attention"
+
+
+def projection_layout(node: gs.Node) -> WeightLayout | None:
+    """The layout of what a node computes from its data input and constant weight before anything
+    else: layout_of, or a packed attention's QKV projection (its output stays inside the op)."""
+    return PACKED_PROJECTION if is_packed_attention(node) else layout_of(node)
+
+
 def output_channels(node: gs.Node, layout: WeightLayout) -> int:
     """Channels the node writes (a ConvTranspose weight holds out/groups per group)."""
     width = np.asarray(node.inputs[1].values).shape[layout.out_axis]

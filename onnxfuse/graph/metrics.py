@@ -6,7 +6,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from .layouts import layout_of
-from .view import node_label
+from .view import is_onnx_domain, node_label
 
 
 def count_params(graph: gs.Graph) -> int:
@@ -50,9 +50,16 @@ def _shape(tensor):
 
 
 def is_fused_attention(node: gs.Node) -> bool:
-    return (node.domain, node.op) in {("com.microsoft", "Attention"), ("com.microsoft", "MultiHeadAttention"),
-                                      ("com.microsoft", "GroupQueryAttention"), ("", "Attention"),
-                                      (None, "Attention"), ("ai.onnx", "Attention")}
+    return node.op == "Attention" and is_onnx_domain(node) or \
+        node.domain == "com.microsoft" and node.op in ("Attention", "MultiHeadAttention", "GroupQueryAttention")
+
+
+def _packed_attention(node: gs.Node):
+    """(x, packed weight) shapes of a com.microsoft Attention (QKV projection inside the op), else None."""
+    if node.domain != "com.microsoft" or node.op != "Attention":
+        return None
+    x, w = _shape(node.inputs[0]), _shape(node.inputs[1])
+    return None if x is None or w is None else (x, w)
 
 
 def _attention_products(node: gs.Node) -> int:
@@ -61,9 +68,10 @@ def _attention_products(node: gs.Node) -> int:
         return 0
     y = _shape(node.outputs[0])
     if node.domain == "com.microsoft" and node.op == "Attention":
-        x, w = _shape(node.inputs[0]), _shape(node.inputs[1])
-        if x is None or w is None or y is None:
+        packed = _packed_attention(node)
+        if packed is None or y is None:
             return 0
+        x, w = packed
         q_width = int(node.attrs.get("qkv_hidden_sizes", [w[-1] // 3])[0])
         return int((np.prod(x[:-1]) * q_width + np.prod(y)) * x[-2])
     q = _shape(node.inputs[0])
@@ -75,8 +83,8 @@ def _attention_products(node: gs.Node) -> int:
 
 def _macs(node: gs.Node) -> int:
     if node.domain == "com.microsoft" and node.op == "Attention":  # its QKV projection
-        x, w = _shape(node.inputs[0]), _shape(node.inputs[1])
-        return 0 if x is None or w is None else int(np.prod(x[:-1]) * np.prod(w))
+        packed = _packed_attention(node)
+        return 0 if packed is None else int(np.prod(packed[0][:-1]) * np.prod(packed[1]))
     layout = layout_of(node)
     if layout is None or len(node.inputs) < 2:
         return 0

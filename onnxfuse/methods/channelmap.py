@@ -5,7 +5,8 @@ A group of width n keeping m channels gets a map with m×n matrices:
   shift     biases and added constants (the producer matrix unless a method says otherwise);
   consumer  input columns: V'[:, j] = Σ_i T[j, i] · V[:, i];
   param     per-channel factors such as BN scales or depthwise kernels.
-Plain pruning is the same map with a row selector in all of them. New channel j sits where the
+Plain pruning is the same map with a row selector in all of them. Merged heads may read each source
+head's columns in another order (`columns`: its D channels aligned onto the kept head's). New channel j sits where the
 group's `kept[j]` channel was, so every space keeps its surviving channels in their original order.
 """
 
@@ -29,6 +30,7 @@ class GroupMap:
     consumer: np.ndarray  # (m, n)
     param: np.ndarray  # (m, n)
     shift: np.ndarray | None = None  # (m, n) for biases and added constants; default: producer
+    columns: dict[Space, np.ndarray] | None = None  # heads: (m, n, k) column of source i new j reads
 
     @classmethod
     def selection(cls, width: int, kept) -> GroupMap:
@@ -91,7 +93,10 @@ class SpaceMaps:
             gmap = self.maps[group.id]
             t = gmap.matrix(role)  # (m, n)
             r = np.broadcast_to(new_pos[pos[gmap.kept]][:, None, :], (t.shape[0],) + pos.shape)
-            c = np.broadcast_to(pos[None, :, :], r.shape)
+            if gmap.columns and space in gmap.columns:  # each head read through its alignment
+                c = pos[np.arange(pos.shape[0])[None, :, None], gmap.columns[space]]
+            else:
+                c = np.broadcast_to(pos[None, :, :], r.shape)
             v = np.broadcast_to(t[:, :, None], r.shape)
             nz = v != 0
             rows.append(r[nz])

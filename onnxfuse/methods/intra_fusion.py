@@ -37,7 +37,8 @@ from ..analysis.channels import Group, member_rows
 from ..errors import OnnxfuseError
 from ..fields import option
 from .channelmap import GroupMap
-from .ot import MARGINALS, SOLVERS, pairwise_cost, transport_plan, unit_rows
+from .head_alignment import HeadAlignment
+from .ot import MARGINALS, SOLVERS, feature_cost, transport_plan, unit_rows
 from .registry import register_method
 
 NORMALIZATIONS = ("reference", "average", "rescale")
@@ -90,28 +91,45 @@ def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, sc
         features = activations
     else:
         features = np.concatenate([unit_rows(weights), unit_rows(activations)], axis=1)
+    alignment = HeadAlignment.build(group, tensors, options.p) if group.coords else None
+    cost = _aligned_cost(alignment, activations, options) if alignment else None
     if options.keep == "cover":
-        kept = covering_channels(features, len(kept), scores, options.p)
-    plan = transport_plan(features, kept, scores, options)  # (n, m)
+        kept = covering_channels(features, len(kept), scores, options.p, cost)
+    plan = transport_plan(features, kept, scores, options, cost)  # (n, m)
     t = plan.T / np.maximum(plan.T.sum(axis=0, keepdims=True), 1e-300)  # columns sum to 1
     average = t / np.maximum(t.sum(axis=1, keepdims=True), 1e-300)  # rows sum to 1
+    columns = alignment.columns(kept, t) if alignment else None
     if options.normalization == "reference":
-        return GroupMap(kept, producer=t, consumer=t, param=average)
+        return GroupMap(kept, producer=t, consumer=t, param=average, columns=columns)
     if options.normalization == "rescale":
-        producer = average * _norm_restoring_scale(average, producer_features)[:, None]
-        return GroupMap(kept, producer=producer, consumer=t, param=average, shift=average)
-    return GroupMap(kept, producer=average, consumer=t, param=average)
+        merged = alignment.merged_producers(kept, average) if alignment else None
+        producer = average * _norm_restoring_scale(average, producer_features, merged)[:, None]
+        return GroupMap(kept, producer=producer, consumer=t, param=average, shift=average, columns=columns)
+    return GroupMap(kept, producer=average, consumer=t, param=average, columns=columns)
 
 
-def covering_channels(features: np.ndarray, count: int, scores: np.ndarray, p: int) -> np.ndarray:
+def _aligned_cost(alignment, activations, options: FusionOptions):
+    """Heads: the weight part of the cost after aligning each head's D channels (head_alignment.py),
+    combined with the activation part as the two unit-norm halves of one feature row would be."""
+    if options.features == "activations":
+        return None
+    if options.features == "weights":
+        return alignment.cost
+    acts = feature_cost(activations, options.p)
+    if options.p == 1:
+        return lambda rows, cols: (alignment.cost(rows, cols) + acts(rows, cols)) / np.sqrt(2)
+    return lambda rows, cols: np.sqrt((alignment.cost(rows, cols) ** 2 + acts(rows, cols) ** 2) / 2)
+
+
+def covering_channels(features: np.ndarray, count: int, scores: np.ndarray, p: int, cost=None) -> np.ndarray:
     """`count` channels that minimise Σ_i score_i · min_k cost(i, k) (weighted k-medoids on the OT
     cost between unit feature rows): a greedy build, each step adding the channel that lowers the
     sum most (ties to the more important), then rounds of moving each medoid to the member of its
     cluster that serves the cluster best, until nothing moves."""
-    unit = unit_rows(np.asarray(features, dtype=np.float32))
-    cost = pairwise_cost(unit, unit, p)
+    everything = np.arange(len(features))
+    cost = (cost or feature_cost(features, p))(everything, everything)
     weights = np.maximum(np.asarray(scores, dtype=np.float64), 0) + 1e-12
-    served = np.full(len(unit), np.inf)
+    served = np.full(len(features), np.inf)
     chosen: list[int] = []
     for _ in range(count):
         gain = (weights[:, None] * np.maximum(np.minimum(served, cost.max() + 1)[:, None] - cost, 0)).sum(0)
@@ -142,13 +160,17 @@ def member_features(group: Group, tensors, roles: tuple[str, ...]) -> np.ndarray
     return np.concatenate(parts, axis=1) if parts else np.zeros((group.width, 0))
 
 
-def _norm_restoring_scale(average: np.ndarray, producer_features: np.ndarray) -> np.ndarray:
-    """Per merged channel j: (Σ_i A[j,i] ‖w_i‖) / ‖Σ_i A[j,i] w_i‖ over its producer weights."""
+def _norm_restoring_scale(average: np.ndarray, producer_features: np.ndarray,
+                          merged: np.ndarray | None = None) -> np.ndarray:
+    """Per merged channel j: (Σ_i A[j,i] ‖w_i‖) / ‖Σ_i A[j,i] w_i‖ over its producer weights
+    (`merged`: those sums, heads aligned)."""
     if producer_features.shape[1] == 0:
         return np.ones(average.shape[0])
     source_norms = np.linalg.norm(producer_features, axis=1)
     target = average @ source_norms
-    merged = np.linalg.norm(sparse.csr_matrix(average) @ producer_features, axis=1)  # an OT plan is sparse
+    if merged is None:
+        merged = sparse.csr_matrix(average) @ producer_features  # an OT plan is sparse
+    merged = np.linalg.norm(merged, axis=1)
     return np.where(merged > 1e-12, target / np.maximum(merged, 1e-12), 1.0)
 
 

@@ -33,27 +33,33 @@ def unit_rows(features: np.ndarray) -> np.ndarray:
     return features / np.where(norms > 0, norms, 1.0)
 
 
-def transport_plan(features: np.ndarray, kept: np.ndarray, scores: np.ndarray,
-                   options) -> np.ndarray:
-    """(n, m) plan from all channels to the kept ones; `options`: the fusion options (p, solver, reg,
-    marginals)."""
+def feature_cost(features: np.ndarray, p: int):
+    """cost(rows, cols): the L^p distances between the unit-norm feature rows of two index sets."""
     unit = unit_rows(np.asarray(features, dtype=np.float32))
-    n, m = len(unit), len(kept)
+    return lambda rows, cols: pairwise_cost(unit[rows], unit[cols], p)
+
+
+def transport_plan(features: np.ndarray, kept: np.ndarray, scores: np.ndarray,
+                   options, cost=None) -> np.ndarray:
+    """(n, m) plan from all channels to the kept ones; `options`: the fusion options (p, solver, reg,
+    marginals); `cost(rows, cols)` instead of the distance between the features' unit rows."""
+    cost = cost or feature_cost(features, options.p)
+    n, m = len(features), len(kept)
     if options.marginals == "importance":
         weights = np.maximum(np.asarray(scores, dtype=np.float64), 0) + 1e-12
         a, b = weights / weights.sum(), weights[kept] / weights[kept].sum()
     else:
         a, b = np.full(n, 1.0 / n), np.full(m, 1.0 / m)
     if options.solver == "sinkhorn":
-        cost = pairwise_cost(unit, unit[kept], options.p)
-        scale = cost.max() if cost.max() > 0 else 1.0
+        matrix = cost(np.arange(n), kept)
+        scale = matrix.max() if matrix.max() > 0 else 1.0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            return ot.sinkhorn(a, b, cost / scale, options.reg, numItermax=10_000)
-    return _exact_plan(unit, kept, a, b, options.p)
+            return ot.sinkhorn(a, b, matrix / scale, options.reg, numItermax=10_000)
+    return _exact_plan(n, kept, a, b, cost)
 
 
-def _exact_plan(unit: np.ndarray, kept: np.ndarray, a: np.ndarray, b: np.ndarray, p: int) -> np.ndarray:
+def _exact_plan(n: int, kept: np.ndarray, a: np.ndarray, b: np.ndarray, cost) -> np.ndarray:
     """Exact OT from all n channels to the m kept ones, solved on the dropped channels only.
 
     The targets are a subset of the sources, the cost is a metric and every target can take at
@@ -62,15 +68,14 @@ def _exact_plan(unit: np.ndarray, kept: np.ndarray, a: np.ndarray, b: np.ndarray
     filled its place, swapping the two moves changes the cost by c(i,j) − c(i,k) − c(k,j) ≤ 0.
     What remains is the dropped channels against the kept ones' spare capacity, an (n−m) × m
     problem: at sparsity 0.5 half the cost matrix and a quarter of the EMD."""
-    n, m = len(unit), len(kept)
+    m = len(kept)
     dropped = np.setdiff1d(np.arange(n), kept)
     plan = np.zeros((n, m))
     plan[kept, np.arange(m)] = a[kept]
     if len(dropped):
         spare = np.maximum(b - a[kept], 0)
         spare *= a[dropped].sum() / spare.sum()
-        cost = pairwise_cost(unit[dropped], unit[kept], p)
-        rest, log = ot.emd(a[dropped], spare, cost, numItermax=max(200_000, 100 * len(dropped) * m), log=True)
+        rest, log = ot.emd(a[dropped], spare, cost(dropped, kept), numItermax=max(200_000, 100 * len(dropped) * m), log=True)
         if log.get("warning"):
             raise RuntimeError(f"exact OT did not converge on a group of width {n}: {log['warning']}")
         plan[dropped] = rest

@@ -30,7 +30,8 @@ from ..graph.convert import runnable
 from ..graph.layouts import (
     WeightLayout,
     bias_values,
-    layout_of,
+    is_packed_attention,
+    projection_layout,
     set_weight_rows,
     weight_rows,
     write_bias,
@@ -51,19 +52,24 @@ BATCH = 64
 @register_repair("lsq")
 def repair_lsq(job: RepairJob) -> list[dict]:
     folds, original_columns = job.data.folds(FOLDS), _original_columns(job.original)
-    return [_refit(job, node, folds, original_columns) for node in fittable_consumers(job, "least-squares repair")]
+    return [_refit(job, node, folds, original_columns)
+            for node in fittable_consumers(job, "least-squares repair", packed_attention=True)]
 
 
-def fittable_consumers(job: RepairJob, desc: str):
+def fittable_consumers(job: RepairJob, desc: str, packed_attention: bool = False):
     """The consumers of the mapped groups that a repair can refit, in graph order, with progress:
-    not grouped convs, nor ONNX Runtime's fused ops (their outputs are after their activation)."""
+    not grouped convs, nor ONNX Runtime's fused ops (their outputs are after their activation),
+    except, with `packed_attention`, com.microsoft Attention, whose QKV projection is refitted
+    against the original's x · W + bias."""
     order = {node.name: i for i, node in enumerate(job.graph.nodes)}
     nodes = {node.name: node for node in job.graph.nodes}
     consumers = sorted({m.node for gid in job.space_maps.maps for m in job.analysis.groups[gid].members
                         if m.role == "consumer" and m.scored}, key=lambda n: order.get(n, 0))
     for name in progress(consumers, desc=desc):
         node = nodes[name]
-        if not (node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft"):
+        if packed_attention and is_packed_attention(node):
+            yield node
+        elif not (node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft"):
             yield node
 
 
@@ -106,11 +112,11 @@ class NormalEquations:
 
 
 def _refit(job: RepairJob, node: gs.Node, folds: list[Dataset], original_columns: dict) -> dict:
-    layout = layout_of(node)
+    layout = projection_layout(node)
     with_bias = layout.bias is not None  # a MatMul has no bias input: fit the weights alone
     sess_new = session(outputs_only(runnable(job.graph, job.like), [node.inputs[0].name]), "cpu", fuse_nodes=False)
-    out_map = _output_map(job.space_maps, node, layout, node.outputs[0].name)
-    columns = _columns(node.op, np.asarray(node.inputs[1].values).shape, node.attrs.get("transB", 0)) + with_bias
+    out_map = _output_map(job.space_maps, node, layout)
+    columns = _columns(layout.op, np.asarray(node.inputs[1].values).shape, node.attrs.get("transB", 0)) + with_bias
     samples = sum(len(f) for f in folds)
     per_sample = _positions_per_sample(node, original_columns.get(node.name, columns - with_bias) + with_bias,
                                        samples)
@@ -155,6 +161,8 @@ def _equations(job, node, sess_new, data: Dataset, per_sample, out_map, with_bia
     """XᵀX, XᵀY of the consumer over `data`; the original's targets come from the job's cache."""
     equations = NormalEquations()
     x_name, y_name = node.inputs[0].name, node.outputs[0].name
+    packed = _original_projection(job.original, node) if is_packed_attention(node) else None
+    cut = x_name if packed else y_name
     fingerprint = data.fingerprint()
     original = []  # the original cut at the consumer's output, a session made on the first cache miss
     for index, feeds in enumerate(data.batches(BATCH)):
@@ -162,11 +170,13 @@ def _equations(job, node, sess_new, data: Dataset, per_sample, out_map, with_bia
 
         def targets(feeds=feeds, index=index):
             if not original:
-                original.append(session(outputs_only(job.original, [y_name]), "cpu", fuse_nodes=False))
-            y = original[0].run([y_name], feeds)[0]
+                original.append(session(outputs_only(job.original, [cut]), "cpu", fuse_nodes=False))
+            y = original[0].run([cut], feeds)[0]
+            if packed:  # the projection inside the op, from the original's input and weights
+                y = y @ packed[0] + packed[1]
             return _sampled_targets(node, y, per_sample, np.random.default_rng((job.seed, index, _crc(node.name))))
 
-        picked, y_rows = job.cache.get(("lsq", y_name, fingerprint, index, per_sample, job.seed), targets)
+        picked, y_rows = job.cache.get(("lsq", cut, y_name, fingerprint, index, per_sample, job.seed), targets)
         for rows, patches in _patch_chunks(node, x, picked):
             target = y_rows[rows]
             if out_map is not None:
@@ -175,6 +185,17 @@ def _equations(job, node, sess_new, data: Dataset, per_sample, out_map, with_bia
                 patches = np.concatenate([patches, np.ones((len(patches), 1), np.float32)], axis=1)
             equations.add(patches, target)
     return equations
+
+
+def _original_projection(original: onnx.ModelProto, node: gs.Node) -> tuple[np.ndarray, np.ndarray]:
+    """The original's packed QKV weight and bias of this attention node (by their names)."""
+    from onnx import numpy_helper
+
+    weight = node.inputs[1].name
+    bias = node.inputs[2].name if len(node.inputs) > 2 and not node.inputs[2].is_empty() else None
+    found = {t.name: numpy_helper.to_array(t).astype(np.float32) for t in original.graph.initializer
+             if t.name in (weight, bias)}
+    return found[weight], found[bias] if bias else np.zeros(found[weight].shape[1], np.float32)
 
 
 def _crc(text: str) -> int:
@@ -228,7 +249,7 @@ def _patch_chunks(node: gs.Node, x: np.ndarray, picked: np.ndarray):
         x = x.T if node.attrs.get("transA", 0) else x
         yield slice(None), x.astype(np.float32)
         return
-    if node.op == "MatMul":
+    if node.op == "MatMul" or is_packed_attention(node):
         yield slice(None), x.reshape(-1, x.shape[-1]).astype(np.float32)
         return
     count = picked.shape[1]
@@ -284,9 +305,12 @@ def _current_solution(node: gs.Node, layout: WeightLayout) -> np.ndarray:
     return np.concatenate([weights.T, (np.zeros(len(weights)) if bias is None else bias)[None, :]], axis=0)
 
 
-def _output_map(space_maps: SpaceMaps, node: gs.Node, layout: WeightLayout, y_name: str):
+def _output_map(space_maps: SpaceMaps, node: gs.Node, layout: WeightLayout):
     """Old → new output channels of the consumer (its producer map), None when unchanged."""
-    space = (y_name, layout.output_axis(len(node.outputs[0].shape or [0, 0])))
+    if is_packed_attention(node):  # the packed weight's columns: a space of the node's own
+        space = (node.inputs[1].name, 1)
+    else:
+        space = (node.outputs[0].name, layout.output_axis(len(node.outputs[0].shape or [0, 0])))
     if space not in space_maps.touching:
         return None
     return space_maps.matrix(space, "producer")

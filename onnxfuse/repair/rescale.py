@@ -59,7 +59,7 @@ def _rescale(job, node, units: tuple[np.ndarray, int], folds, original_columns) 
     layout = layout_of(node)
     with_bias = layout.bias is not None
     sess_new = session(outputs_only(runnable(job.graph, job.like), [node.inputs[0].name]), "cpu", fuse_nodes=False)
-    out_map = lsq._output_map(job.space_maps, node, layout, node.outputs[0].name)
+    out_map = lsq._output_map(job.space_maps, node, layout)
     units, count = units
     columns = len(units)
     samples = sum(len(f) for f in folds)

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...graph.view import GraphView, node_label
-from ..relations import Couple, Expand, Fixup, Freeze, Local, Member, Space
+from ..relations import Couple, Expand, Fixup, Freeze, Local, Member, Space, Within
 from .registry import register_op_rule
 
 
@@ -58,6 +58,17 @@ def _heads(node, units: int, flat: list[tuple[Space, np.ndarray]], fixup) -> lis
         [Expand(space, target, index) for target, index in flat]
 
 
+def _coordinates(node, qk: list[tuple[Space, np.ndarray]], v: list[tuple[Space, np.ndarray]], per: tuple[int, int]):
+    """Within relations for the op's Q·Kᵀ side (Q and K columns of each unit) and its A·V side (V and
+    the output), coordinate = column mod the head size; none with rotary embeddings, which pair
+    coordinates up."""
+    if node.attrs.get("do_rotary", 0):
+        return []
+    keys = [(f"{node_label(node)}#{side}", 0) for side in ("qk", "v")]
+    return [Within(space, index, np.arange(index.shape[1]) % size, key)
+            for key, side, size in zip(keys, (qk, v), per) for space, index in side]
+
+
 def _cache_or_scores(node, g: GraphView, past: tuple[int, ...], extra_outputs: tuple[int, ...]) -> str | None:
     if any(g.input(node, i) is not None for i in past) or \
             any(i < len(node.outputs) and _used(node.outputs[i], g) for i in extra_outputs):
@@ -97,8 +108,12 @@ def packed_attention(node, tensor, axis, g: GraphView):
     if reason or heads < 1 or sum(sizes) != w.values.shape[1] or any(s % heads for s in sizes):
         return [Freeze((y.name, axis), f"Attention {reason or 'whose sizes do not split into its heads'} ({label})")]
     per = [s // heads for s in sizes]
-    columns = np.concatenate([blocks(heads, p, off) for p, off in zip(per, np.cumsum([0] + sizes[:2]))], axis=1)
+    parts = [blocks(heads, p, off) for p, off in zip(per, np.cumsum([0] + sizes[:2]))]
+    columns = np.concatenate(parts, axis=1)
     packed = (w.name, 1)
+    output = ((y.name, axis), blocks(heads, per[2]))
+    within = _coordinates(node, [(packed, parts[0]), (packed, parts[1])], [(packed, parts[2]), output],
+                          (per[0], per[2])) if per[0] == per[1] else []
 
     def fix(node, new_width, new_index):
         kept = new_width(head_space(node))
@@ -108,7 +123,7 @@ def packed_attention(node, tensor, axis, g: GraphView):
 
     return [Local(packed, sum(sizes)), Member(packed, w.name, 1, "producer", label, True)] + \
         ([Member(packed, b.name, 0, "shift", label)] if b is not None else []) + bias_rels + \
-        _heads(node, heads, [(packed, columns), ((y.name, axis), blocks(heads, per[2]))], fix)
+        _heads(node, heads, [(packed, columns), output], fix) + within
 
 
 @register_op_rule("com.microsoft.MultiHeadAttention", seeds=_seeds)
@@ -134,12 +149,16 @@ def multi_head_attention(node, tensor, axis, g: GraphView):
         return [Freeze((tensor.name, axis), f"MultiHeadAttention {why} ({label})")]
     per = [d // heads for d in widths]
     flat = [((t.name, 2), blocks(heads, p)) for t, p in zip((q, k, v, y), per + per[2:])]
+    qk, vo = flat[:2], flat[2:]
     extra = []
     if b is not None:
         packed = (b.name, 0)
-        columns = np.concatenate([blocks(heads, p, off) for p, off in zip(per, np.cumsum([0] + widths[:2]))], axis=1)
-        flat.append((packed, columns))
+        parts = [blocks(heads, p, off) for p, off in zip(per, np.cumsum([0] + widths[:2]))]
+        flat.append((packed, np.concatenate(parts, axis=1)))
         extra = [Local(packed, sum(widths)), Member(packed, b.name, 0, "shift", label)]
+        qk, vo = qk + [(packed, parts[0]), (packed, parts[1])], vo + [(packed, parts[2])]
+    if per[0] == per[1]:
+        extra += _coordinates(node, qk, vo, (per[0], per[2]))
 
     def fix(node, new_width, new_index):
         node.attrs["num_heads"] = new_width(head_space(node))
@@ -181,6 +200,7 @@ def grouped_query_attention(node, tensor, axis, g: GraphView):
     ratio, head_dim, value_dim = q_heads // kv_heads, widths[0] // q_heads, widths[2] // kv_heads
     flat = [((q.name, 2), blocks(kv_heads, ratio * head_dim)), ((k.name, 2), blocks(kv_heads, widths[1] // kv_heads)),
             ((v.name, 2), blocks(kv_heads, value_dim)), ((y.name, 2), blocks(kv_heads, ratio * value_dim))]
+    within = _coordinates(node, flat[:2], flat[2:], (head_dim, value_dim)) if widths[1] // kv_heads == head_dim else []
     if not onnx_op:  # present K/V (B, Hkv, T, D), and past K/V when given: the KV heads on axis 1
         caches = [t for t in (g.input(node, 3), g.input(node, 4), *node.outputs[1:3]) if t is not None and
                   not t.is_empty() and g.rank(t) == 4]
@@ -190,7 +210,7 @@ def grouped_query_attention(node, tensor, axis, g: GraphView):
         kept = new_width(head_space(node))
         node.attrs[names[0]], node.attrs[names[1]] = kept * ratio, kept
 
-    return _heads(node, kv_heads, flat, fix)
+    return _heads(node, kv_heads, flat, fix) + within
 
 
 def _attention_4d(node, tensor, axis, g: GraphView):

@@ -8,7 +8,7 @@ import numpy as np
 import onnx_graphsurgeon as gs
 
 from ...graph.view import GraphView, node_label
-from ..relations import Couple, Expand, Fixup, Freeze, Inner, Member, Offset
+from ..relations import Couple, Expand, Fixup, Freeze, Inner, Member, Offset, Space, Within
 from .common import first_input, first_output, fix_reshape, norm_axis, replace_at
 from .norm import group_norm_pattern, group_norm_reshapes
 from .registry import register_op_rule
@@ -258,16 +258,27 @@ def _split_relations(node, tensor, axis, x, y, out_shape, splits):
             continue
         if len(out_axes) == 1:
             return [Couple((x.name, in_axis), (y.name, out_axes[0]))]
-        if tensor is y and axis != out_axes[0]:
-            return [Inner((y.name, axis), f"{node.op} splits an axis into blocks and this axis runs inside each "
-                                          f"block; blocks are kept or removed whole ({node_label(node)})")]
         dims = [out_shape[a] for a in out_axes]
+        if tensor is y and axis != out_axes[0]:
+            inner = [Inner((y.name, axis), f"{node.op} splits an axis into blocks and this axis runs inside each "
+                                           f"block; blocks are kept or removed whole ({node_label(node)})")]
+            return inner + _block_coordinates((x.name, in_axis), dims, (y.name, axis), out_axes.index(axis))
         if not all(isinstance(d, int) for d in dims):
             return [Freeze((tensor.name, axis), f"{node.op} splits an axis into blocks of unknown size "
                                                 f"({node_label(node)})")]
         index = np.arange(int(np.prod(dims))).reshape(dims[0], -1)
         return [Expand((y.name, out_axes[0]), (x.name, in_axis), index)]
     return [Freeze((tensor.name, axis), f"{node.op} merges axis {axis} with others ({node_label(node)})")]
+
+
+def _block_coordinates(flat: Space, dims: list, inner: Space, position: int) -> list:
+    """Where a flat axis splits into (blocks, D) or merges back from them: flat channel b·D + d is
+    coordinate d of `inner` in block b (analysis/within.py decides whether the coordinates may be
+    permuted)."""
+    if len(dims) != 2 or position != 1:
+        return []
+    blocks, per = dims
+    return [Within(flat, np.arange(blocks * per).reshape(blocks, per), np.arange(per), inner)]
 
 
 def fix_concat_shape(node: gs.Node, new_width, new_index):
@@ -314,7 +325,8 @@ def _merge_relations(node, tensor, axis, x, y, in_shape, groups):
                 return [Freeze((x.name, axis), f"{node.op} merges axes of unknown size ({node_label(node)})")]
             grid = np.arange(int(np.prod(dims))).reshape(dims)
             index = np.moveaxis(grid, in_axes.index(axis), 0).reshape(dims[in_axes.index(axis)], -1)
-            return [Expand((x.name, axis), (y.name, out_axis), index)]
+            return [Expand((x.name, axis), (y.name, out_axis), index)] + \
+                _block_coordinates((y.name, out_axis), dims, (x.name, axis), in_axes.index(axis))
         if tensor is y and axis == out_axis:
             if len(in_axes) == 1:
                 return [Couple((x.name, in_axes[0]), (y.name, axis))]
