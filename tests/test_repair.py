@@ -266,3 +266,36 @@ def test_rescale_recovers_removed_channels_that_are_scaled_copies_of_kept_ones(t
     [row] = ctx.report["repair"]
     assert row["rescaled"] and row["units"] == 4 and row["output_error_after"] < 1e-4
     assert row["scale_range"] == pytest.approx([1.1, 1.1], abs=1e-3)
+
+
+def test_lsq_refits_the_qkv_projection_inside_a_packed_attention_op(tmp_path):
+    """h = x·W1 with half of h's channels linear combinations of the other half, read by a
+    com.microsoft Attention: pruning those channels and refitting the op's packed QKV weight and
+    bias against the original's x·W + b reproduces the outputs; without the refit it does not."""
+    from onnx import TensorProto, helper as oh, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((32, 16)).astype(np.float32)
+    w1[:, 8:] = w1[:, :8] @ (0.1 * rng.standard_normal((8, 8))).astype(np.float32)  # small: pruned first
+    constants = {"w1": w1, "wqkv": (0.3 * rng.standard_normal((16, 48))).astype(np.float32),
+                 "bqkv": (0.1 * rng.standard_normal(48)).astype(np.float32)}
+    nodes = [oh.make_node("MatMul", ["x", "w1"], ["h"]),
+             oh.make_node("Attention", ["h", "wqkv", "bqkv"], ["y"], domain="com.microsoft", num_heads=2)]
+    x, y = oh.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 6, 32]), \
+        oh.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 6, 16])
+    graph = oh.make_graph(nodes, "packed", [x], [y], [numpy_helper.from_array(v, k) for k, v in constants.items()])
+    model = oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17), oh.make_opsetid("com.microsoft", 1)])
+    np.savez(tmp_path / "calib.npz", x=rng.standard_normal((64, 6, 32)).astype(np.float32))
+    results = {}
+    for repair in ("none", "lsq"):
+        options = pipeline.Options(sparsity=0.5, method="prune", repair=repair, calib=str(tmp_path / "calib.npz"),
+                                   validate=False)
+        results[repair] = pipeline.run(pipeline.Context.for_model(options, model))
+    assert [list(k) for k in results["lsq"].decisions.keep.values()] == [list(range(8))]
+    [fit] = results["lsq"].report["repair"]
+    assert "Attention" in fit["node"]
+    assert fit["refit"] and fit["output_error_after"] < 1e-4
+    fresh = {"x": rng.standard_normal((4, 6, 32)).astype(np.float32)}
+    want = run(model, fresh)[0]
+    np.testing.assert_allclose(run(results["lsq"].model.result, fresh)[0], want, atol=1e-4 * np.abs(want).max())
+    assert np.abs(run(results["none"].model.result, fresh)[0] - want).max() > 1e-2 * np.abs(want).max()

@@ -1,6 +1,7 @@
 """Least-squares repair: refit every consumer of a shrunk group on calibration data.
 
-For each consumer (Conv with group 1, Gemm, MatMul) that reads a mapped group, in graph order:
+For each consumer (Conv with group 1, Gemm, MatMul, and the QKV projection inside ONNX Runtime's
+packed com.microsoft Attention) that reads a mapped group, in graph order:
 its input in the new model (after the upstream refits) is unfolded into patches (im2col), its
 output in the original model is mapped into the new output channels, and a ridge regression fits
 new weights and bias. Only the normal equations XᵀX and XᵀY are kept, accumulated in chunks, so
