@@ -97,6 +97,22 @@ def test_target_macs(target, global_ranking):
     assert report["estimated_mac_ratio"] == pytest.approx(ratio, abs=1e-3)
 
 
+@pytest.mark.parametrize("target", [0.5, 0.25])
+def test_a_mac_target_under_a_channel_multiple_leaves_no_multiple_the_budget_could_keep(target):
+    """Groups of one width cross a multiple of 8 together; what the bisection leaves of the budget
+    is given back, so that no group could keep one more multiple within the target."""
+    from onnxfuse.planning.counts import estimated_mac_ratio, solve_sparsity_for_macs, unit_multiple
+
+    ctx = _scored("l1")
+    analysis, scores = ctx.model.analysis, ctx.decisions.scores
+    _, counts = solve_sparsity_for_macs(analysis, scores, target, round_to=8)
+    assert estimated_mac_ratio(analysis, counts) <= target
+    assert all(counts[g.id] % 8 == 0 or counts[g.id] == g.width for g in analysis.prunable)
+    for g in analysis.prunable:
+        more = counts[g.id] + unit_multiple(g, 8)
+        assert more > g.width or estimated_mac_ratio(analysis, {**counts, g.id: more}) > target
+
+
 def test_unreachable_mac_target_is_a_clear_error():
     with pytest.raises(OnnxfuseError, match="cannot reach"):
         onnxfuse.compress(str(FOLDED), target_macs=0.0001, validate=False, quiet=True)

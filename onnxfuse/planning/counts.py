@@ -5,7 +5,8 @@ mean-normalised importances of all prunable groups are ranked together and the l
 channels go, each group losing at most `max_sparsity` of its channels. Either way the count is
 rounded down to a multiple of `round_to` channels (of units that span several channels, a head
 of D, as many as keep the channel count a multiple: `unit_multiple`), and `target_macs` searches
-the sparsity whose estimated MACs meet the budget.
+the sparsity whose estimated MACs meet the budget (then, with a multiple above 1, gives back what
+the budget still allows: `_given_back`).
 """
 
 from __future__ import annotations
@@ -122,4 +123,25 @@ def solve_sparsity_for_macs(analysis: Analysis, scores: dict[int, np.ndarray], t
             hi = mid
         else:
             lo = mid
-    return hi, counts_at(hi)
+    counts = counts_at(hi)
+    if round_to > 1 and not global_ranking:
+        counts = _given_back(analysis, counts, target, round_to)
+    return hi, counts
+
+
+def _given_back(analysis: Analysis, counts: dict[int, int], target: float, round_to: int) -> dict[int, int]:
+    """With a multiple above 1, the groups of one width cross a multiple together, so the bisection
+    can stop well below the budget. Multiples are then given back one at a time, each to the group
+    that keeps the smallest fraction of its channels among those it still fits, while the estimate
+    stays within the target (a group that does not fit now never will: the estimate only grows)."""
+    groups = {g.id: g for g in analysis.prunable}
+    counts = dict(counts)
+    open_ids = set(counts)
+    while open_ids:
+        gid = min(open_ids, key=lambda i: (counts[i] / groups[i].width, i))
+        trial = {**counts, gid: counts[gid] + unit_multiple(groups[gid], round_to)}
+        if trial[gid] <= groups[gid].width and estimated_mac_ratio(analysis, trial) <= target:
+            counts = trial
+        else:
+            open_ids.discard(gid)
+    return counts
