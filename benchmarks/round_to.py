@@ -1,12 +1,13 @@
 """The channel multiple under a MAC budget: `onnxfuse compress M --target-macs T --calib C` with the
-defaults, once at `--round-to 1` and once at ONNX Runtime's CPU channel block, each judged by top-1
+defaults, at `--round-to 1`, at 8 (the default under a MAC target) and at ONNX Runtime's CPU channel
+block, each judged by top-1
 accuracy on the Fashion-MNIST test split and by its CPU latency against the original (batch 32 and 1,
 1 intra-op thread, interleaved runs, median), in the same process. This is the measurement behind
 `--round-to auto` on the CPU (pipeline/options.py: auto_round_to). Cells are stored in
 benchmarks/round_to.json, so an interrupted run resumes where it stopped.
 
     python benchmarks/round_to.py [--models resnet18,vgg11bn,...] [--targets 0.5,0.25] [--runs 50]
-                                  [--tables-only]
+                                  [--multiples 1,8,16] [--tables-only]
 
 Writes the section "Channel multiple under a MAC target" of benchmarks/RESULTS.md.
 """
@@ -27,6 +28,7 @@ from benchmarks.accuracy import accuracy, test_data, zoo_models  # noqa: E402
 from benchmarks.results import write_section  # noqa: E402
 from onnxfuse.errors import OnnxfuseError  # noqa: E402
 from onnxfuse.graph.io import load_model  # noqa: E402
+from onnxfuse.pipeline.options import ALIGNED  # noqa: E402
 from onnxfuse.runtime.timing import cpu_channel_block  # noqa: E402
 
 CALIB = str(ROOT / "models" / "data" / "fmnist_calib512.npz")
@@ -73,12 +75,13 @@ def write(store: dict, targets: list[float], runs: int) -> None:
     models = [m for m in store if m != "data"]
     multiples = sorted({int(k.split("|")[1]) for m in models for k in store[m] if "|" in k})
     lines = [f"Produced by `python benchmarks/round_to.py --runs {runs}`: `onnxfuse compress M --target-macs T "
-             "--calib models/data/fmnist_calib512.npz --round-to N` with the defaults otherwise, N = 1 and "
-             f"ONNX Runtime's CPU channel block here ({cpu_channel_block()}). Accuracy on the "
+             "--calib models/data/fmnist_calib512.npz --round-to N` with the defaults otherwise, N = 1, "
+             f"{ALIGNED} (the default under a MAC target) and ONNX Runtime's CPU channel block (here "
+             f"{cpu_channel_block()}; cells with a multiple that is neither come from a machine whose block it "
+             "is). Accuracy on the "
              f"{store.get('data', 'test split')}; speed-up = original / compressed median latency (ONNX Runtime "
              f"CPU, 1 intra-op thread, 10 warm-up + {runs} interleaved runs) at batch 32 and 1; ideal = 1 / MAC "
-             "ratio. Timed while a training job used the other core (the round-to 16 cell: an earlier run on a "
-             "machine whose block is 16).", "",
+             "ratio. Timed while a training job used the other core.", "",
              "| model | dense | target | round-to | accuracy % | MACs | batch 32 speed-up (of ideal) | "
              "batch 1 speed-up | compress s |", "|---|---|---|---|---|---|---|---|---|"]
     for model in models:
@@ -116,11 +119,14 @@ def main() -> None:
     parser.add_argument("--models", default=MODELS)
     parser.add_argument("--targets", default="0.5,0.25")
     parser.add_argument("--runs", type=int, default=50)
+    parser.add_argument("--multiples", default=None, help="default: 1, 8 and the CPU's channel block")
     parser.add_argument("--tables-only", action="store_true")
     args = parser.parse_args()
     targets = [float(t) for t in args.targets.split(",")]
     if not args.tables_only:
-        measure(args.models, targets, list(dict.fromkeys((1, cpu_channel_block()))), args.runs)
+        multiples = [int(m) for m in args.multiples.split(",")] if args.multiples else \
+            list(dict.fromkeys((1, ALIGNED, cpu_channel_block())))
+        measure(args.models, targets, multiples, args.runs)
     write(json.loads(STORE.read_text()), targets, args.runs)
 
 
