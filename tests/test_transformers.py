@@ -175,6 +175,36 @@ def test_merging_heads_that_hold_their_channels_in_another_order_reproduces_the_
     assert np.abs(run(unaligned, images())[0] - want).max() > 1e-2
 
 
+def test_merging_a_copy_with_heads_and_their_channels_reordered_recovers_the_original(tmp_path, monkeypatch):
+    """Model merge (--align weights): the copy computes the same function with its heads in another
+    order and each head's D channels reordered (Q and K alike, V and the output projection alike);
+    matching heads after aligning their channels (Imfeld et al.) recovers the original exactly."""
+    rng = np.random.default_rng(2)
+    heads, qk, v = rng.permutation(HEADS), rng.permutation(HEAD), rng.permutation(HEAD)
+
+    def reordered(mha, block):
+        with torch.no_grad():
+            w, b, out = mha.in_proj_weight.clone(), mha.in_proj_bias.clone(), mha.out_proj.weight.clone()
+            for new, old in enumerate(heads):
+                for part, order in enumerate((qk, qk, v)):
+                    dst, src = _head_rows(new)[part], _head_rows(old)[part]
+                    mha.in_proj_weight[dst] = w[src][order]
+                    mha.in_proj_bias[dst] = b[src][order]
+                mha.out_proj.weight[:, new * HEAD:(new + 1) * HEAD] = out[:, old * HEAD:(old + 1) * HEAD][:, v]
+
+    original = export(vit("manual"), tmp_path / "a.onnx", "manual")
+    copy = export(vit("manual", reordered), tmp_path / "b.onnx", "manual")
+    want = run(onnx.load(original), images())[0]
+    np.testing.assert_allclose(run(onnx.load(copy), images())[0], want, rtol=1e-4, atol=1e-4)
+    merged, _ = onnxfuse.merge([original, copy], align="weights")
+    np.testing.assert_allclose(run(merged, images())[0], want, rtol=1e-4, atol=1e-4)
+    from onnxfuse.methods import merge
+
+    monkeypatch.setattr(merge.HeadAlignment, "build", classmethod(lambda cls, *args, **kw: None))
+    unaligned, _ = onnxfuse.merge([original, copy], align="weights")
+    assert np.abs(run(unaligned, images())[0] - want).max() > 1e-2
+
+
 def hand_written_attention(scale_d: bool) -> onnx.ModelProto:
     """x (B, S, 32) → Q, K, V → 4 heads of 8 → softmax(Q·Kᵀ)·V → merge → output projection; with
     `scale_d` Q is multiplied by a constant over its 8 head channels first."""

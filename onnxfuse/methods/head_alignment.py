@@ -33,9 +33,9 @@ class HeadAlignment:
         self._pairs: dict[tuple[int, int], tuple[float, np.ndarray]] = {}
 
     @classmethod
-    def build(cls, group: Group, tensors, p: int) -> HeadAlignment | None:
+    def build(cls, group: Group, tensors, p: int, roles=("producer", "consumer", "param")) -> HeadAlignment | None:
         n, systems, rest, producers = group.width, {}, [], []
-        for member, rows in member_rows(group, tensors, min_ndim=2):
+        for member, rows in member_rows(group, tensors, min_ndim=2, roles=roles):
             if member.role == "producer":
                 producers.append((member.space, rows))
             if member.space not in group.coords:
@@ -52,13 +52,15 @@ class HeadAlignment:
             return None
         return cls(group.coords, features, np.concatenate(rest, axis=1) if rest else np.zeros((n, 0)), producers, p)
 
-    def cost(self, sources, targets) -> np.ndarray:
-        """(len(sources), len(targets)) distance of each source head aligned onto each target head."""
-        return np.array([[self._pair(int(i), int(k))[0] for k in targets] for i in sources]).reshape(
+    def cost(self, sources, targets, onto: HeadAlignment | None = None) -> np.ndarray:
+        """(len(sources), len(targets)) distance of each source head aligned onto each target head
+        (of `onto`, another model's same group, when given)."""
+        return np.array([[self._pair(int(i), int(k), onto)[0] for k in targets] for i in sources]).reshape(
             len(sources), len(targets))
 
-    def columns(self, kept: np.ndarray, plan: np.ndarray) -> dict[Space, np.ndarray]:
-        """Per space, (m, n, k): the column of source head i that new head j reads at each column."""
+    def columns(self, kept: np.ndarray, plan: np.ndarray, onto: HeadAlignment | None = None) -> dict[Space, np.ndarray]:
+        """Per space, (m, n, k): the column of source head i that new head j reads at each column
+        (`onto`: the heads j are another model's, as in model merge; else this group's kept ones)."""
         m, n = plan.shape
         out = {}
         for space, coords in self.coords.items():
@@ -67,8 +69,8 @@ class HeadAlignment:
             lookup[index, occurrence] = np.arange(len(coords))
             cols = np.broadcast_to(np.arange(len(coords)), (m, n, len(coords))).copy()
             for j, i in zip(*np.nonzero(plan)):
-                if i != kept[j]:
-                    cols[j, i] = lookup[self._pair(int(i), int(kept[j]))[1][index], occurrence]
+                if i != kept[j] or onto is not None:
+                    cols[j, i] = lookup[self._pair(int(i), int(kept[j]), onto)[1][index], occurrence]
             out[space] = cols
         return out
 
@@ -83,22 +85,26 @@ class HeadAlignment:
             parts.append(np.einsum("ji,jikd->jkd", weights, aligned).reshape(len(kept), -1))
         return np.concatenate(parts, axis=1)
 
-    def _pair(self, source: int, target: int) -> tuple[float, np.ndarray]:
-        """The distance of `source` aligned onto `target`, and the alignment: over indices into
-        self.ids, the coordinate of `source` that lines up with each coordinate of `target`."""
-        if (source, target) not in self._pairs:
+    def _pair(self, source: int, target: int, onto: HeadAlignment | None = None) -> tuple[float, np.ndarray]:
+        """The distance of `source` aligned onto `target` (a head of `onto`, default this group),
+        and the alignment: over indices into self.ids, the coordinate of `source` that lines up with
+        each coordinate of `target`."""
+        onto = onto or self
+        key = (source, target, id(onto))
+        if key not in self._pairs:
             perm, total = np.arange(len(self.ids)), 0.0
             metric = "cityblock" if self.p == 1 else "sqeuclidean"
-            for ids, features in self.systems.values():
-                cost = cdist(features[target] * self.scale[target], features[source] * self.scale[source], metric)
+            for system, (ids, features) in self.systems.items():
+                target_features = onto.systems[system][1][target] * onto.scale[target]
+                cost = cdist(target_features, features[source] * self.scale[source], metric)
                 rows, cols = linear_sum_assignment(cost)
                 total += cost[rows, cols].sum()
                 index = np.searchsorted(self.ids, ids)
                 perm[index[rows]] = index[cols]
-            total += cdist(self.rest[[target]] * self.scale[target], self.rest[[source]] * self.scale[source],
+            total += cdist(onto.rest[[target]] * onto.scale[target], self.rest[[source]] * self.scale[source],
                            metric)[0, 0]
-            self._pairs[(source, target)] = (total if self.p == 1 else float(np.sqrt(total)), perm)
-        return self._pairs[(source, target)]
+            self._pairs[key] = (total if self.p == 1 else float(np.sqrt(total)), perm)
+        return self._pairs[key]
 
 
 def _by_system(coords: np.ndarray, rows: np.ndarray):

@@ -8,7 +8,9 @@ transport between equal uniform marginals (a permutation, found as the assignmen
                other groups are ordered, so every group is matched at once;
   weights      the cost is the L2 distance between producer rows and per-channel parameters, after
                the input side of those rows has been put in the anchor's order: groups are matched
-               in graph order, each map applied before the next group is matched.
+               in graph order, each map applied before the next group is matched. Heads are
+               matched after aligning each one's D channels onto the anchor head's (Imfeld et al.,
+               ICLR 2024; methods/head_alignment.py), and read through that alignment.
 The permutations go through the one apply path (m = n), which keeps every model's function; then
 every float weight is averaged over the models. Groups that are frozen are not aligned (reported).
 Averaging shrinks the spread of the merged channels (two aligned channels are never quite the same
@@ -32,6 +34,7 @@ from ..errors import OnnxfuseError
 from ..graph.convert import runnable
 from ..repair.stats import correct_channels, producer_members
 from .channelmap import GroupMap, apply_maps
+from .head_alignment import HeadAlignment
 from .intra_fusion import member_features
 from .ot import pairwise_cost
 
@@ -105,12 +108,28 @@ def align(anchor: Member, other: Member, how: str, calib: Dataset | None, seed: 
     stayed = {}
     anchor_groups = {g.id: g for g in anchor.analysis.groups}
     for group in _order(other):
-        target = member_features(anchor_groups[group.id], anchor.graph.tensors(), roles=("producer", "param"))
-        source = member_features(group, other.graph.tensors(), roles=("producer", "param"))
-        p = permutation(pairwise_cost(target, source, 2))
-        apply_maps(other.graph, other.analysis, {group.id: _map(p)})
+        heads = _head_alignments(anchor_groups[group.id], anchor, group, other)
+        if heads:  # each other head aligned onto the anchor head it is matched with (head_alignment.py)
+            theirs, mine = heads
+            p = permutation(theirs.cost(range(group.width), range(group.width), onto=mine).T)
+            gmap = GroupMap(np.arange(len(p)), p, p, p, columns=theirs.columns(np.arange(len(p)), p, onto=mine))
+        else:
+            target = member_features(anchor_groups[group.id], anchor.graph.tensors(), roles=("producer", "param"))
+            source = member_features(group, other.graph.tensors(), roles=("producer", "param"))
+            p = permutation(pairwise_cost(target, source, 2))
+            gmap = _map(p)
+        apply_maps(other.graph, other.analysis, {group.id: gmap})
         stayed[group.id] = float(np.trace(p)) / len(p)
     return stayed
+
+
+def _head_alignments(anchor_group: Group, anchor: Member, group: Group, other: Member):
+    """(other's, anchor's) head alignments of a head group, None for other groups."""
+    if not (group.coords and anchor_group.coords):
+        return None
+    pair = (HeadAlignment.build(group, other.graph.tensors(), 2, roles=("producer", "param")),
+            HeadAlignment.build(anchor_group, anchor.graph.tensors(), 2, roles=("producer", "param")))
+    return pair if None not in pair else None
 
 
 def _map(p: np.ndarray) -> GroupMap:
