@@ -63,7 +63,8 @@ def measure(models: str, targets: list[float], multiples: list[int], runs: int) 
                 cells[key] = {"accuracy": accuracy(compressed, data), "seconds": round(seconds, 1),
                               "macs": speed["mac_ratio"], "ideal": speed["ideal_speedup"],
                               "speedup": {str(b["batch"]): b["speedup"] for b in speed["batches"]},
-                              "ms": {str(b["batch"]): b["compressed"]["median_ms"] for b in speed["batches"]}}
+                              "ms": {str(b["batch"]): b["compressed"]["median_ms"] for b in speed["batches"]},
+                              "block": cpu_channel_block()}
                 c = cells[key]
                 print(f"  {arch} T={target} round-to {multiple}: {100 * c['accuracy']:.2f}% MACs {c['macs']:.3f} "
                       f"batch-32 speed-up {c['speedup']['32']:.2f}x of ideal {c['ideal']:.2f}x ({seconds:.0f} s)",
@@ -82,8 +83,11 @@ def write(store: dict, targets: list[float], runs: int) -> None:
              f"{store.get('data', 'test split')}; speed-up = original / compressed median latency (ONNX Runtime "
              f"CPU, 1 intra-op thread, 10 warm-up + {runs} interleaved runs) at batch 32 and 1; ideal = 1 / MAC "
              "ratio. Timed while a training job used the other core.", "",
+             "The speed-ups depend on the machine: `block` is ONNX Runtime's CPU channel block of the machine "
+             "that timed the cell (8 with AVX2, 16 with AVX-512), and cells of different blocks come from "
+             "different machines, so compare speed-ups within one block.", "",
              "| model | dense | target | round-to | accuracy % | MACs | batch 32 speed-up (of ideal) | "
-             "batch 1 speed-up | compress s |", "|---|---|---|---|---|---|---|---|---|"]
+             "batch 1 speed-up | block | compress s |", "|---|---|---|---|---|---|---|---|---|---|"]
     for model in models:
         cells = store[model]
         for target in targets:
@@ -93,12 +97,12 @@ def write(store: dict, targets: list[float], runs: int) -> None:
                     continue
                 if "error" in c:
                     lines.append(f"| {model} | {100 * cells['dense']:.2f} | {target} | {multiple} | "
-                                 f"{c['error']} | | | | |")
+                                 f"{c['error']} | | | | | |")
                     continue
                 lines.append(f"| {model} | {100 * cells['dense']:.2f} | {target} | {multiple} | "
                              f"{100 * c['accuracy']:.2f} | {c['macs']:.3f}× | {c['speedup']['32']:.2f}× "
                              f"({c['speedup']['32'] / c['ideal']:.2f}) | {c['speedup']['1']:.2f}× | "
-                             f"{c['seconds']:.0f} |")
+                             f"{c['block']} | {c['seconds']:.0f} |")
     lines += ["", "Mean over the models measured at both multiples:", ""]
     for target in targets:
         for multiple in multiples[1:]:
@@ -109,8 +113,9 @@ def write(store: dict, targets: list[float], runs: int) -> None:
                 acc = sum(100 * c["accuracy"] / store[m]["dense"] for c, m in zip(cs, both)) / len(cs)
                 share = sum(c["speedup"]["32"] / c["ideal"] for c in cs) / len(cs)
                 speed = sum(c["speedup"]["32"] for c in cs) / len(cs)
+                blocks = "/".join(str(b) for b in sorted({c["block"] for c in cs}))
                 lines.append(f"- T = {target}, round-to {n}: {acc:.1f} % of dense, batch-32 speed-up "
-                             f"{speed:.2f}× ({share:.2f} of ideal) ({', '.join(both)})")
+                             f"{speed:.2f}× ({share:.2f} of ideal; block {blocks}) ({', '.join(both)})")
     write_section("Channel multiple under a MAC target", "\n".join(lines))
 
 
