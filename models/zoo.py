@@ -264,7 +264,8 @@ def tinyres(width=1.0, num_classes=NUM_CLASSES):
 class Attention(nn.Module):
     """Multi-head self-attention with nn.MultiheadAttention's parameters (packed in_proj, out_proj).
     form "mha": nn.MultiheadAttention itself; "manual": the same computation written out, the head
-    split as view(B, S, heads, head_dim) ("manual") or view(B, S, -1, head_dim) ("manual-1")."""
+    split as view(B, S, heads, head_dim) ("manual") or view(B, S, -1, head_dim) ("manual-1");
+    "sdpa": split as "manual", then F.scaled_dot_product_attention."""
 
     def __init__(self, dim: int, heads: int, form: str = "mha"):
         super().__init__()
@@ -276,9 +277,12 @@ class Attention(nn.Module):
         if self.form == "mha":
             return self.mha(x, x, x, need_weights=False)[0]
         b, s, d = x.shape
-        h = self.heads if self.form == "manual" else -1
+        h = -1 if self.form == "manual-1" else self.heads
         q, k, v = F.linear(x, self.mha.in_proj_weight, self.mha.in_proj_bias).chunk(3, dim=-1)
         q, k, v = (t.reshape(b, s, h, d // self.heads).transpose(1, 2) for t in (q, k, v))
+        if self.form == "sdpa":
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=bias)
+            return self.mha.out_proj(out.transpose(1, 2).reshape(b, s, d))
         scores = (q @ k.transpose(-2, -1)) * (d // self.heads) ** -0.5
         if bias is not None:
             scores = scores + bias

@@ -1,8 +1,10 @@
 """Transformers: attention heads, FFN neurons and the hidden width of a small ViT (models/zoo.py,
-random weights) in four export forms: attention written out with the head count a literal or -1 in
-the head-split Reshape, and nn.MultiheadAttention (heads folded into the batch axis, packed QKV picked
-with Gather) through the TorchScript exporter (targets computed from Shape ops) and the dynamo one,
-and the written-out form after ONNX Runtime's transformer optimizer (SkipLayerNormalization, BiasGelu)."""
+random weights) in nine export forms: attention written out with the head count a literal or -1 in
+the head-split Reshape (at opset 17, and 14 where LayerNorm is written out), nn.MultiheadAttention
+(heads folded into the batch axis, packed QKV picked with Gather) through the TorchScript exporter
+(targets computed from Shape ops) and the dynamo one, F.scaled_dot_product_attention (TorchScript at
+17 and 21, dynamo), and the written-out form after ONNX Runtime's transformer optimizer
+(SkipLayerNormalization, BiasGelu); and hand-built graphs for packed QKV by Split and by Gemm."""
 
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from tests.helpers import run  # noqa: E402
 
 DIM, HEADS, DEPTH = 32, 4, 2
 HEAD = DIM // HEADS
-FORMS = ("manual", "manual-1", "mha", "dynamo", "ort-optimized", "opset14")  # opset 14: LayerNorm as ReduceMean
+FORMS = ("manual", "manual-1", "mha", "dynamo", "ort-optimized", "opset14",  # opset 14: LayerNorm as ReduceMean
+         "sdpa", "sdpa-21", "sdpa-dynamo")  # F.scaled_dot_product_attention: TorchScript at 17 and 21, dynamo
 
 
 def vit(form: str, edit=None, seed: int = 0):
@@ -36,15 +39,15 @@ def vit(form: str, edit=None, seed: int = 0):
 
 
 def export(model, path, form: str) -> str:
-    if form == "dynamo":
+    if form in ("dynamo", "sdpa-dynamo"):
         for block in model.blocks:
-            block.attn.form = "mha"
+            block.attn.form = "mha" if form == "dynamo" else "sdpa"
         pytest.importorskip("onnxscript")
         torch.onnx.export(model, (torch.rand(2, 1, 28, 28) * 255,), str(path), opset_version=18,
                           input_names=["input"], output_names=["logits"],
                           dynamic_shapes={"x": {0: torch.export.Dim("batch")}}, dynamo=True, verbose=False)
         return str(path)
-    opset = 14 if form == "opset14" else 17
+    opset = {"opset14": 14, "sdpa-21": 21}.get(form, 17)
     torch.onnx.export(model, (torch.rand(2, 1, 28, 28) * 255,), str(path), opset_version=opset,
                       input_names=["input"], output_names=["logits"],
                       dynamic_axes={"input": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
@@ -61,7 +64,8 @@ def exported(tmp_path, form: str, edit=None) -> str:
         return str(tmp_path / "vit.onnx")
     if form == "opset14":
         return export(vit("manual", edit), tmp_path / "vit.onnx", form)
-    return export(vit("mha" if form == "dynamo" else form, edit), tmp_path / "vit.onnx", form)
+    base = {"dynamo": "mha", "sdpa-21": "sdpa", "sdpa-dynamo": "sdpa"}.get(form, form)
+    return export(vit(base, edit), tmp_path / "vit.onnx", form)
 
 
 def only_heads(path: str) -> tuple[str, ...]:
@@ -205,16 +209,30 @@ def test_merging_a_copy_with_heads_and_their_channels_reordered_recovers_the_ori
     assert np.abs(run(unaligned, images())[0] - want).max() > 1e-2
 
 
-def hand_written_attention(scale_d: bool) -> onnx.ModelProto:
-    """x (B, S, 32) → Q, K, V → 4 heads of 8 → softmax(Q·Kᵀ)·V → merge → output projection; with
-    `scale_d` Q is multiplied by a constant over its 8 head channels first."""
+def hand_written_attention(scale_d: bool = False, packed: str | None = None) -> onnx.ModelProto:
+    """x (B, 6, 32) → Q, K, V → 4 heads of 8 → softmax(Q·Kᵀ)·V → merge → output projection; with
+    `scale_d` Q is multiplied by a constant over its 8 head channels first; `packed`: Q, K and V
+    from one weight, by MatMul then Split ("split"), or by Gemm on the flattened tokens then
+    Split ("gemm")."""
     from onnx import TensorProto, helper as oh, numpy_helper
 
     rng = np.random.default_rng(0)
     weights = {w: (0.3 * rng.standard_normal((DIM, DIM))).astype(np.float32) for w in ("wq", "wk", "wv", "wo")}
     weights["split"], weights["merge"] = np.array([0, 0, HEADS, HEAD]), np.array([0, 0, DIM])
     weights["scale"] = rng.uniform(0.5, 2, HEAD).astype(np.float32)
-    nodes = [oh.make_node("MatMul", ["x", f"w{t}"], [t]) for t in "qkv"]
+    if packed:
+        weights["wqkv"] = np.concatenate([weights.pop(w) for w in ("wq", "wk", "wv")], axis=1)
+        weights["bqkv"] = (0.1 * rng.standard_normal(3 * DIM)).astype(np.float32)
+        weights["sizes"], weights["rows"], weights["tokens"] = np.array([DIM] * 3), np.array([-1, DIM]), \
+            np.array([-1, 6, 3 * DIM])
+        if packed == "split":
+            nodes = [oh.make_node("MatMul", ["x", "wqkv"], ["qkv0"]), oh.make_node("Add", ["qkv0", "bqkv"], ["qkv"])]
+        else:
+            nodes = [oh.make_node("Reshape", ["x", "rows"], ["x2"]), oh.make_node("Gemm", ["x2", "wqkv", "bqkv"], ["qkv2"]),
+                     oh.make_node("Reshape", ["qkv2", "tokens"], ["qkv"])]
+        nodes.append(oh.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], axis=2))
+    else:
+        nodes = [oh.make_node("MatMul", ["x", f"w{t}"], [t]) for t in "qkv"]
     nodes += [oh.make_node("Reshape", [t, "split"], [f"{t}4"]) for t in "qkv"]
     q = "q4"
     if scale_d:
@@ -230,6 +248,32 @@ def hand_written_attention(scale_d: bool) -> onnx.ModelProto:
     x, y = (oh.make_tensor_value_info(n, TensorProto.FLOAT, ["batch", 6, DIM]) for n in "xy")
     graph = oh.make_graph(nodes, "attention", [x], [y], [numpy_helper.from_array(v, k) for k, v in weights.items()])
     return oh.make_model(graph, opset_imports=[oh.make_opsetid("", 17)])
+
+
+@pytest.mark.parametrize("packed", ("split", "gemm"))
+def test_packed_qkv_by_split_or_gemm_gives_head_groups(packed):
+    """One QKV weight, then Split (after a MatMul, or a Gemm on the flattened tokens): the heads are a
+    group (Q, K and V are Offset parts of the packed output), sparsity 0 reproduces, zeroed heads are
+    removed exactly and 0.5 runs at any batch."""
+    model = hand_written_attention(packed=packed)
+    x = {"x": np.random.default_rng(1).standard_normal((3, 6, DIM)).astype(np.float32)}
+    [heads] = [g for g in onnxfuse.inspect(model)["groups"] if g["prunable"] and g["width"] == HEADS]
+    same, _ = onnxfuse.compress(model, sparsity=0.0, quiet=True)
+    np.testing.assert_allclose(run(same, x)[0], run(model, x)[0], rtol=1e-5, atol=1e-5)
+    zeroed = onnx.load_from_string(model.SerializeToString())
+    arrays = {t.name: t for t in zeroed.graph.initializer}
+    w, b = onnx.numpy_helper.to_array(arrays["wqkv"]).copy(), onnx.numpy_helper.to_array(arrays["bqkv"]).copy()
+    for part in range(3):
+        w[:, part * DIM + HEAD:part * DIM + 2 * HEAD] = 0
+        b[part * DIM + HEAD:part * DIM + 2 * HEAD] = 0
+    arrays["wqkv"].CopyFrom(onnx.numpy_helper.from_array(w, "wqkv"))
+    arrays["bqkv"].CopyFrom(onnx.numpy_helper.from_array(b, "bqkv"))
+    small, report = onnxfuse.compress(zeroed, sparsity=0.25, quiet=True)
+    assert [g["kept"] for g in report["groups"] if g["prunable"] and g["width"] == HEADS] == [HEADS - 1]
+    np.testing.assert_allclose(run(small, x)[0], run(zeroed, x)[0], rtol=1e-4, atol=1e-4)
+    half, _ = onnxfuse.compress(model, sparsity=0.5, method="fuse", quiet=True)
+    onnx.checker.check_model(half, full_check=True)
+    assert run(half, {"x": x["x"][:1]})[0].shape == (1, 6, DIM)
 
 
 @pytest.mark.parametrize("scale_d", (False, True))

@@ -232,10 +232,16 @@ def reshape(node, tensor, axis, g: GraphView):
         out_axes = [axis] if tensor is y else [o for a, o in groups if axis in a]
     else:
         splits = _reshape_groups(out_shape, in_shape)  # output axes that merge into an input axis: a split
-        if splits is None:
+        if splits is not None:
+            relations = _split_relations(node, tensor, axis, x, y, out_shape, splits)
+            out_axes = [axis] if tensor is y else next((o for o, a in splits if a == axis), [])
+        elif _same_last_axis(tensor, axis, x, in_shape, out_shape):
+            # (B, S, C) → (B·S, C) and back, with dynamic leading sizes: whatever the leading axes
+            # become, element (…, c) stays in column c of a last axis of the same size (row-major).
+            relations, out_axes = [Couple((x.name, len(in_shape) - 1), (y.name, len(out_shape) - 1))], \
+                [len(out_shape) - 1]
+        else:
             return [Freeze((tensor.name, axis), f"Reshape that cannot be matched axis by axis ({node_label(node)})")]
-        relations = _split_relations(node, tensor, axis, x, y, out_shape, splits)
-        out_axes = [axis] if tensor is y else next((o for o, a in splits if a == axis), [])
     if isinstance(node.inputs[1], gs.Constant):
         relations.append(Fixup(node_label(node), "reshape", fix_reshape))
         return relations
@@ -269,6 +275,13 @@ def _split_relations(node, tensor, axis, x, y, out_shape, splits):
         index = np.arange(int(np.prod(dims))).reshape(dims[0], -1)
         return [Expand((y.name, out_axes[0]), (x.name, in_axis), index)]
     return [Freeze((tensor.name, axis), f"{node.op} merges axis {axis} with others ({node_label(node)})")]
+
+
+def _same_last_axis(tensor, axis, x, in_shape, out_shape) -> bool:
+    """Asked about the last axis, whose size is known and the same before and after."""
+    if not in_shape or not out_shape or not isinstance(in_shape[-1], int) or in_shape[-1] != out_shape[-1]:
+        return False
+    return axis == (len(in_shape) if tensor is x else len(out_shape)) - 1
 
 
 def _block_coordinates(flat: Space, dims: list, inner: Space, position: int) -> list:
