@@ -43,6 +43,7 @@ MODEL = ROOT / "models" / "vit_fmnist_mha.onnx"
 FUSED = ROOT / "models" / "vit_fmnist_fused.onnx"
 RECIPES = {
     "data-free": dict(allocate="uniform", repair="none"),
+    "data-free, hidden width kept": dict(allocate="uniform", repair="none", keep_hidden=True),
     "calib: stats": dict(calib=CALIB, allocate="uniform", repair="stats"),
     "calib: rescale": dict(calib=CALIB, allocate="uniform", repair="rescale"),
     "calib: lsq": dict(calib=CALIB, allocate="uniform", repair="lsq"),
@@ -50,6 +51,7 @@ RECIPES = {
     "defaults + distil": dict(calib=CALIB, train=True),
 }
 REC = "models/ch_PP-OCRv4_rec_infer.onnx"
+HIDDEN = 128  # the ViT's width
 
 
 def share_cell(form: str) -> dict:
@@ -71,6 +73,9 @@ def compress_cell(target: float, method: str, recipe: str, steps: int, work: Pat
     import onnxfuse
 
     options = dict(RECIPES[recipe])
+    if options.pop("keep_hidden", False):  # the residual stream frozen: its producers ignored
+        hidden = [g for g in onnxfuse.inspect(str(model))["groups"] if g["prunable"] and g["width"] == HIDDEN]
+        options["ignore"] = tuple(p for g in hidden for p in g["producers"])
     if options.pop("train", False):
         options.update(train_data=str(train_file(work)), train_steps=steps, batch=128)
     begin = time.perf_counter()
