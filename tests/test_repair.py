@@ -272,7 +272,8 @@ def test_lsq_refits_the_qkv_projection_inside_a_packed_attention_op(tmp_path):
     """h = x·W1 with half of h's channels linear combinations of the other half, read by a
     com.microsoft Attention: pruning those channels and refitting the op's packed QKV weight and
     bias against the original's x·W + b reproduces the outputs; without the refit it does not."""
-    from onnx import TensorProto, helper as oh, numpy_helper
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as oh
 
     rng = np.random.default_rng(0)
     w1 = rng.standard_normal((32, 16)).astype(np.float32)

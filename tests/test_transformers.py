@@ -214,7 +214,8 @@ def hand_written_attention(scale_d: bool = False, packed: str | None = None) -> 
     `scale_d` Q is multiplied by a constant over its 8 head channels first; `packed`: Q, K and V
     from one weight, by MatMul then Split ("split"), or by Gemm on the flattened tokens then
     Split ("gemm")."""
-    from onnx import TensorProto, helper as oh, numpy_helper
+    from onnx import TensorProto, numpy_helper
+    from onnx import helper as oh
 
     rng = np.random.default_rng(0)
     weights = {w: (0.3 * rng.standard_normal((DIM, DIM))).astype(np.float32) for w in ("wq", "wk", "wv", "wo")}
@@ -228,7 +229,8 @@ def hand_written_attention(scale_d: bool = False, packed: str | None = None) -> 
         if packed == "split":
             nodes = [oh.make_node("MatMul", ["x", "wqkv"], ["qkv0"]), oh.make_node("Add", ["qkv0", "bqkv"], ["qkv"])]
         else:
-            nodes = [oh.make_node("Reshape", ["x", "rows"], ["x2"]), oh.make_node("Gemm", ["x2", "wqkv", "bqkv"], ["qkv2"]),
+            nodes = [oh.make_node("Reshape", ["x", "rows"], ["x2"]),
+                     oh.make_node("Gemm", ["x2", "wqkv", "bqkv"], ["qkv2"]),
                      oh.make_node("Reshape", ["qkv2", "tokens"], ["qkv"])]
         nodes.append(oh.make_node("Split", ["qkv", "sizes"], ["q", "k", "v"], axis=2))
     else:

@@ -16,12 +16,24 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import onnx_graphsurgeon as gs
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
 from ..graph.metrics import PRODUCTS, is_fused_attention
 from ..graph.view import GraphView, node_label
-from .relations import Couple, Expand, Fixup, Freeze, Inner, Local, Member, Offset, Space, Within, spaces_of
+from .relations import (
+    Couple,
+    Expand,
+    Fixup,
+    Freeze,
+    Inner,
+    Local,
+    Member,
+    Offset,
+    Space,
+    Within,
+    position_offsets,
+    spaces_of,
+    tied_components,
+)
 from .rules import relations_for, seed_spaces
 from .rules.attention import head_space
 from .within import coordinates, couple_roots, group_coordinates
@@ -224,11 +236,7 @@ def _members_and_fixups(relations, widths):
 
 
 def _build_groups(relations, widths, frozen, members) -> list[Group]:
-    spaces = [s for s, w in widths.items() if w is not None]
-    offsets, total = {}, 0
-    for s in spaces:
-        offsets[s] = total
-        total += widths[s]
+    spaces, offsets, total = position_offsets(widths)
     space_of = np.empty(total, dtype=np.int64)
     local_of = np.empty(total, dtype=np.int64)
     for i, s in enumerate(spaces):
@@ -237,7 +245,7 @@ def _build_groups(relations, widths, frozen, members) -> list[Group]:
 
     if total == 0:
         return []
-    labels = _atoms(relations, widths, offsets, total)
+    labels = tied_components(relations, widths, offsets, total)  # atoms
     frozen_reason = {}
     for s, reason in frozen.items():
         if s in offsets:
@@ -271,33 +279,3 @@ def _build_groups(relations, widths, frozen, members) -> list[Group]:
 
 def _first_seen(group: Group, spaces: list[Space]) -> int:
     return min(spaces.index(s) for s in group.positions)
-
-
-def _atoms(relations, widths, offsets, total) -> np.ndarray:
-    """Connected components of the channel ties: label[position] = atom id."""
-    src, dst = [], []
-    for rel in relations:
-        if not all(s in offsets for s in spaces_of(rel)):
-            continue
-        if isinstance(rel, Couple) and widths[rel.a] == widths[rel.b]:
-            n = widths[rel.a]
-            src.append(offsets[rel.a] + np.arange(n))
-            dst.append(offsets[rel.b] + np.arange(n))
-        elif isinstance(rel, Offset):
-            n = min(widths[rel.part], widths[rel.whole] - rel.start)
-            src.append(offsets[rel.whole] + rel.start + np.arange(n))
-            dst.append(offsets[rel.part] + np.arange(n))
-        elif isinstance(rel, Expand):
-            index = rel.index[: widths[rel.channel]]
-            index = np.where(index < widths[rel.flat], index, -1)
-            rows = np.repeat(np.arange(index.shape[0]), index.shape[1])
-            valid = index.ravel() >= 0
-            src.append(offsets[rel.channel] + rows[valid])
-            dst.append(offsets[rel.flat] + index.ravel()[valid])
-    if src:
-        src, dst = np.concatenate(src), np.concatenate(dst)
-    else:
-        src = dst = np.zeros(0, dtype=np.int64)
-    adjacency = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(total, total))
-    _, labels = connected_components(adjacency, directed=False)
-    return labels

@@ -36,6 +36,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
 
 Space = tuple[str, int]
 
@@ -129,3 +131,44 @@ def spaces_of(rel) -> list[Space]:
     if isinstance(rel, (Member, Freeze, Inner, Local)):
         return [rel.space]
     return []
+
+
+def position_offsets(widths: dict[Space, int | None]) -> tuple[list[Space], dict[Space, int], int]:
+    """Every channel of every space of known width gets a global position: (spaces, the first
+    position of each, the total)."""
+    spaces = [s for s, w in widths.items() if w is not None]
+    offsets, total = {}, 0
+    for s in spaces:
+        offsets[s] = total
+        total += widths[s]
+    return spaces, offsets, total
+
+
+def tied_components(relations, widths, offsets: dict[Space, int], total: int, expand: bool = True) -> np.ndarray:
+    """Connected components of the channel ties (Couple, Offset, and with `expand` Expand):
+    label[position] = component id."""
+    src, dst = [], []
+    for rel in relations:
+        if not all(s in offsets for s in spaces_of(rel)):
+            continue
+        if isinstance(rel, Couple) and widths[rel.a] == widths[rel.b]:
+            n = widths[rel.a]
+            src.append(offsets[rel.a] + np.arange(n))
+            dst.append(offsets[rel.b] + np.arange(n))
+        elif isinstance(rel, Offset):
+            n = min(widths[rel.part], widths[rel.whole] - rel.start)
+            src.append(offsets[rel.whole] + rel.start + np.arange(n))
+            dst.append(offsets[rel.part] + np.arange(n))
+        elif isinstance(rel, Expand) and expand:
+            index = rel.index[: widths[rel.channel]]
+            index = np.where(index < widths[rel.flat], index, -1)
+            rows = np.repeat(np.arange(index.shape[0]), index.shape[1])
+            valid = index.ravel() >= 0
+            src.append(offsets[rel.channel] + rows[valid])
+            dst.append(offsets[rel.flat] + index.ravel()[valid])
+    if src:
+        src, dst = np.concatenate(src), np.concatenate(dst)
+    else:
+        src = dst = np.zeros(0, dtype=np.int64)
+    adjacency = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(total, total))
+    return connected_components(adjacency, directed=False)[1]

@@ -16,10 +16,8 @@ Coordinates then spread to every channel coupled one-to-one (Couple, Offset) wit
 from __future__ import annotations
 
 import numpy as np
-from scipy.sparse import coo_matrix
-from scipy.sparse.csgraph import connected_components
 
-from .relations import Couple, Expand, Inner, Offset, Space, Within, spaces_of
+from .relations import Couple, Expand, Inner, Space, Within, position_offsets, spaces_of, tied_components
 
 UNLABELLED, CONFLICT = -1, -2
 SYSTEM = 1 << 20  # coordinate id = system number · SYSTEM + coordinate
@@ -54,9 +52,7 @@ def coordinates(relations, widths: dict[Space, int | None]) -> dict[Space, np.nd
         system = root(rel.key)
         if system in systems and system not in bases:
             bases[system] = len(bases) * SYSTEM
-    spaces = [s for s, w in widths.items() if w is not None]
-    offsets = dict(zip(spaces, np.cumsum([0] + [widths[s] for s in spaces[:-1]])))
-    total = sum(widths[s] for s in spaces)
+    spaces, offsets, total = position_offsets(widths)
     label = np.full(total, UNLABELLED, dtype=np.int64)
     for rel in within:
         system = root(rel.key)
@@ -65,7 +61,7 @@ def coordinates(relations, widths: dict[Space, int | None]) -> dict[Space, np.nd
             ids = np.broadcast_to(bases[system] + rel.coords, positions.shape)
             clash = (label[positions] != UNLABELLED) & (label[positions] != ids)
             label[positions] = np.where(clash, CONFLICT, ids)
-    component = _channel_components(relations, widths, offsets, total)
+    component = tied_components(relations, widths, offsets, total, expand=False)
     per_component = np.full(component.max() + 1, UNLABELLED, dtype=np.int64)
     for comp, value in zip(component[label != UNLABELLED], label[label != UNLABELLED]):
         now = per_component[comp]
@@ -94,24 +90,8 @@ def _permutable_systems(relations, keys: set[Space], root) -> set[Space]:
     return {key for key in keys if (key in inner and key not in touched) or key not in named}
 
 
-def _channel_components(relations, widths, offsets, total) -> np.ndarray:
-    """Connected components of the one-to-one channel ties (Couple, Offset)."""
-    src, dst = [np.zeros(0, dtype=np.int64)], [np.zeros(0, dtype=np.int64)]
-    for rel in relations:
-        if isinstance(rel, Couple) and rel.a in offsets and rel.b in offsets and widths[rel.a] == widths[rel.b]:
-            n = widths[rel.a]
-            src.append(offsets[rel.a] + np.arange(n))
-            dst.append(offsets[rel.b] + np.arange(n))
-        elif isinstance(rel, Offset) and rel.whole in offsets and rel.part in offsets:
-            n = max(0, min(widths[rel.part], widths[rel.whole] - rel.start))
-            src.append(offsets[rel.whole] + rel.start + np.arange(n))
-            dst.append(offsets[rel.part] + np.arange(n))
-    src, dst = np.concatenate(src), np.concatenate(dst)
-    adjacency = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(total, total))
-    return connected_components(adjacency, directed=False)[1]
-
-
-def group_coordinates(positions: dict[Space, np.ndarray], labels: dict[Space, np.ndarray]) -> dict[Space, np.ndarray] | None:
+def group_coordinates(positions: dict[Space, np.ndarray],
+                      labels: dict[Space, np.ndarray]) -> dict[Space, np.ndarray] | None:
     """(k,) coordinate id of each column for every space of a head group whose units span k > 1
     columns, when every such column is labelled and alike in every unit; else None (no alignment)."""
     out = {}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import onnx_graphsurgeon as gs
 
-from .layouts import layout_of
+from .layouts import is_packed_attention, layout_of
 from .view import is_onnx_domain, node_label
 
 
@@ -54,10 +54,9 @@ def is_fused_attention(node: gs.Node) -> bool:
         node.domain == "com.microsoft" and node.op in ("Attention", "MultiHeadAttention", "GroupQueryAttention")
 
 
-def _packed_attention(node: gs.Node):
-    """(x, packed weight) shapes of a com.microsoft Attention (QKV projection inside the op), else None."""
-    if node.domain != "com.microsoft" or node.op != "Attention":
-        return None
+def _packed_shapes(node: gs.Node):
+    """(x, packed weight) shapes of a com.microsoft Attention (QKV projection inside the op), None
+    when either is unknown."""
     x, w = _shape(node.inputs[0]), _shape(node.inputs[1])
     return None if x is None or w is None else (x, w)
 
@@ -67,8 +66,8 @@ def _attention_products(node: gs.Node) -> int:
     if not is_fused_attention(node):
         return 0
     y = _shape(node.outputs[0])
-    if node.domain == "com.microsoft" and node.op == "Attention":
-        packed = _packed_attention(node)
+    if is_packed_attention(node):
+        packed = _packed_shapes(node)
         if packed is None or y is None:
             return 0
         x, w = packed
@@ -82,8 +81,8 @@ def _attention_products(node: gs.Node) -> int:
 
 
 def _macs(node: gs.Node) -> int:
-    if node.domain == "com.microsoft" and node.op == "Attention":  # its QKV projection
-        packed = _packed_attention(node)
+    if is_packed_attention(node):  # its QKV projection
+        packed = _packed_shapes(node)
         return 0 if packed is None else int(np.prod(packed[0][:-1]) * np.prod(packed[1]))
     layout = layout_of(node)
     if layout is None or len(node.inputs) < 2:

@@ -74,10 +74,10 @@ class HeadAlignment:
             out[space] = cols
         return out
 
-    def merged_producers(self, kept: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """(m, f): Σ_i weights[j, i] · producer rows of head i aligned onto kept head j, the producer
-        members side by side as intra_fusion.member_features puts them."""
-        columns = self.columns(kept, weights)
+    def merged_producers(self, kept: np.ndarray, weights: np.ndarray, columns: dict[Space, np.ndarray]) -> np.ndarray:
+        """(m, f): Σ_i weights[j, i] · producer rows of head i aligned onto kept head j (`columns`:
+        self.columns of a plan with the nonzeros of `weights`), the producer members side by side as
+        intra_fusion.member_features puts them."""
         parts = []
         for space, rows in self.producers:
             cols = columns.get(space, np.broadcast_to(np.arange(rows.shape[1]), weights.shape + rows.shape[1:2]))

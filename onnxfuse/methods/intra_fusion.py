@@ -102,7 +102,7 @@ def fusion_map(group: Group, tensors: dict[str, gs.Tensor], kept: np.ndarray, sc
     if options.normalization == "reference":
         return GroupMap(kept, producer=t, consumer=t, param=average, columns=columns)
     if options.normalization == "rescale":
-        merged = alignment.merged_producers(kept, average) if alignment else None
+        merged = alignment.merged_producers(kept, average, columns) if alignment else None
         producer = average * _norm_restoring_scale(average, producer_features, merged)[:, None]
         return GroupMap(kept, producer=producer, consumer=t, param=average, shift=average, columns=columns)
     return GroupMap(kept, producer=average, consumer=t, param=average, columns=columns)

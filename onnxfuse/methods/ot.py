@@ -75,7 +75,8 @@ def _exact_plan(n: int, kept: np.ndarray, a: np.ndarray, b: np.ndarray, cost) ->
     if len(dropped):
         spare = np.maximum(b - a[kept], 0)
         spare *= a[dropped].sum() / spare.sum()
-        rest, log = ot.emd(a[dropped], spare, cost(dropped, kept), numItermax=max(200_000, 100 * len(dropped) * m), log=True)
+        rest, log = ot.emd(a[dropped], spare, cost(dropped, kept), numItermax=max(200_000, 100 * len(dropped) * m),
+                           log=True)
         if log.get("warning"):
             raise RuntimeError(f"exact OT did not converge on a group of width {n}: {log['warning']}")
         plan[dropped] = rest

@@ -68,9 +68,8 @@ def fittable_consumers(job: RepairJob, desc: str, packed_attention: bool = False
                         if m.role == "consumer" and m.scored}, key=lambda n: order.get(n, 0))
     for name in progress(consumers, desc=desc):
         node = nodes[name]
-        if packed_attention and is_packed_attention(node):
-            yield node
-        elif not (node.op == "Conv" and int(node.attrs.get("group", 1)) != 1 or node.domain == "com.microsoft"):
+        grouped_conv = node.op == "Conv" and int(node.attrs.get("group", 1)) != 1
+        if packed_attention and is_packed_attention(node) or not (grouped_conv or node.domain == "com.microsoft"):
             yield node
 
 
