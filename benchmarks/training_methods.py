@@ -50,8 +50,11 @@ def one_cell(key: str, work: Path) -> dict:
     seconds = time.perf_counter() - begin
     rounds = report.get("iterative")
     steps = sum(r["steps"] for r in rounds) if rounds else int(budget)
-    return {"accuracy": onnx_accuracy(model), "seconds": round(seconds, 1), "steps_used": steps,
+    cell = {"accuracy": onnx_accuracy(model), "seconds": round(seconds, 1), "steps_used": steps,
             "macs": report["macs_after"] / report["macs_before"], "threads": torch.get_num_threads()}
+    if rounds:  # a round that stops early hands its unused steps on, so only the rounds show that icp fired
+        cell["round_steps"] = [r["steps"] for r in rounds]
+    return cell
 
 
 def measure(models, targets, budgets, variants, work: Path) -> None:
@@ -77,7 +80,8 @@ def write(store: dict) -> None:
              "`compress M --target-macs T --calib models/data/fmnist_calib512.npz --train-data D --train-steps S` "
              f"with the method or `--iterative {ROUNDS}` of each row, D the 10 000 unlabelled train images of "
              "benchmarks/finetune.py, batch 128. Accuracy on the full test split (% of dense in parentheses); "
-             "for icp, the steps it used of the budget.", "",
+             "for icp, the steps it used of the budget and, where recorded, per round (a round that stops early "
+             "hands its unused steps to the next, so a total equal to the budget can hide early stops).", "",
              "| model | MACs | method | " + " | ".join(f"{b} steps | s" for b in budgets) + " |",
              "|---|---|---|" + "---|---|" * len(budgets)]
     for arch, target, variant in rows:
@@ -95,6 +99,8 @@ def write(store: dict) -> None:
                 text += f" ({100 * cell['accuracy'] / dense[arch]:.1f})"
             if "icp" in variant:
                 text += f", {cell['steps_used']} steps"
+                if "round_steps" in cell:
+                    text += " (" + "+".join(map(str, cell["round_steps"])) + ")"
             cells += [text, f"{cell['seconds']:.0f}" + ("¹" if cell.get("threads") == 1 else "")]
         lines.append(f"| {arch} | {target} | {variant} | " + " | ".join(cells) + " |")
     lines += ["", "Blank cells: not run yet. \"diverged\": the training stage's divergence guard stopped the run "
