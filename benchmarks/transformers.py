@@ -5,9 +5,10 @@
   written out, that after ONNX Runtime's transformer optimizer) and PP-OCRv4 rec, the groups
   `inspect` finds and the share of MACs in nodes that prunable groups shrink;
 - accuracy (full test split) of the TorchScript nn.MultiheadAttention export, prune vs fuse:
-  data-free (uniform, no repair), with the calibration file (uniform + stats, uniform + the per-head
-  / per-neuron rescale, uniform + lsq, the defaults: sensitivity allocation + lsq), and the defaults
-  then 1000 steps of distillation on the 10 000 unlabelled train images of benchmarks/finetune.py;
+  data-free (uniform, no repair: the default, which keeps the LayerNorm-normalised hidden width when
+  pruning and shrinks it when fusing, and each method with it kept and shrunk), with the calibration
+  file (uniform + stats, uniform + the per-head / per-neuron rescale, uniform + lsq, the defaults:
+  sensitivity allocation + lsq), and the defaults then 1000 steps of distillation on the 10 000 unlabelled train images of benchmarks/finetune.py;
 - onnxsim 0.8.1 at equal MACs: `apply_attention_head_pruning` (heads) + `apply_structured_pruning`
   (FFN), the sparsity bisected to the target, with and without its ridge refit, on the
   nn.MultiheadAttention export and on the form with com.microsoft Attention ops (the only one
@@ -42,8 +43,9 @@ FORMS = {"nn.MultiheadAttention, TorchScript": "vit_fmnist_mha.onnx",
 MODEL = ROOT / "models" / "vit_fmnist_mha.onnx"
 FUSED = ROOT / "models" / "vit_fmnist_fused.onnx"
 RECIPES = {
-    "data-free": dict(allocate="uniform", repair="none"),
-    "data-free, hidden width kept": dict(allocate="uniform", repair="none", keep_hidden=True),
+    "data-free": dict(allocate="uniform", repair="none"),  # the default: prune keeps the hidden width, fuse shrinks it
+    "data-free, hidden width kept": dict(allocate="uniform", repair="none", layernorm_width="keep"),
+    "data-free, hidden width shrunk": dict(allocate="uniform", repair="none", layernorm_width="shrink"),
     "calib: stats": dict(calib=CALIB, allocate="uniform", repair="stats"),
     "calib: rescale": dict(calib=CALIB, allocate="uniform", repair="rescale"),
     "calib: lsq": dict(calib=CALIB, allocate="uniform", repair="lsq"),
@@ -51,7 +53,6 @@ RECIPES = {
     "defaults + distil": dict(calib=CALIB, train=True),
 }
 REC = "models/ch_PP-OCRv4_rec_infer.onnx"
-HIDDEN = 128  # the ViT's width
 
 
 def share_cell(form: str) -> dict:
@@ -73,9 +74,6 @@ def compress_cell(target: float, method: str, recipe: str, steps: int, work: Pat
     import onnxfuse
 
     options = dict(RECIPES[recipe])
-    if options.pop("keep_hidden", False):  # the residual stream frozen: its producers ignored
-        hidden = [g for g in onnxfuse.inspect(str(model))["groups"] if g["prunable"] and g["width"] == HIDDEN]
-        options["ignore"] = tuple(p for g in hidden for p in g["producers"])
     if options.pop("train", False):
         options.update(train_data=str(train_file(work)), train_steps=steps, batch=128)
     begin = time.perf_counter()
@@ -187,7 +185,8 @@ def write(store: dict) -> None:
         lines += ["", "Accuracy (%, the MAC ratio reached in parentheses) of "
                   "`compress models/vit_fmnist_mha.onnx --target-macs T --method M` with each recipe "
                   f"(calibration: models/data/fmnist_calib512.npz; distillation: {steps} steps, batch 128, on the "
-                  "10 000 train images):", "",
+                  "10 000 train images). Data-free means uniform sparsity and no repair, with `--layernorm-width` at "
+                  "its default (keep when pruning, shrink when fusing) or set to keep / shrink:", "",
                   "| MACs | recipe | prune | fuse |", "|---|---|---|---|"]
         targets = sorted({k.split("|")[1] for k in runs}, reverse=True)
         for target in targets:

@@ -6,6 +6,7 @@ from . import (  # noqa: F401
     capture,
     emit,
     fuse,
+    keep_whole,
     load,
     normalize,
     plan,

@@ -307,7 +307,8 @@ def test_round_to_counts_a_head_as_its_channels(tmp_path):
     """--round-to 8 with heads of 8 features: any head count keeps Q, K, V and the output a multiple of
     8 channels, so heads still shrink one by one; the FFN and the hidden width round to 8."""
     path = model_for("attention", tmp_path)
-    _, report = onnxfuse.compress(path, sparsity=0.7, round_to=8, quiet=True, validate=False)
+    _, report = onnxfuse.compress(path, sparsity=0.7, round_to=8, layernorm_width="shrink", quiet=True,
+                                  validate=False)
     kept = sorted((g["width"], g["kept"]) for g in report["groups"] if g["prunable"])
     assert kept == [(HEADS, 1), (HEADS, 1), (HIDDEN, 8), (HIDDEN, 8), (2 * HIDDEN, 16), (2 * HIDDEN, 16)]
 

@@ -103,13 +103,16 @@ def test_sparsity_zero_reproduces_and_half_gives_a_valid_smaller_model(tmp_path,
     want = run(onnx.load(path), images())[0]
     same, _ = onnxfuse.compress(path, sparsity=0.0, quiet=True)  # the rewritten attention: same values
     np.testing.assert_allclose(run(same, images())[0], want, rtol=1e-5, atol=1e-5)
-    for method in ("prune", "fuse"):
-        small, report = onnxfuse.compress(path, sparsity=0.5, method=method, quiet=True)
+    # without data, pruning keeps the LayerNorm-normalised hidden width whole (pipeline/defaults.py)
+    for method, width, hidden, macs in (("prune", "auto", DIM, 0.6), ("prune", "shrink", DIM // 2, 0.35),
+                                        ("fuse", "auto", DIM // 2, 0.35)):
+        small, report = onnxfuse.compress(path, sparsity=0.5, method=method, layernorm_width=width, quiet=True)
         onnx.checker.check_model(small, full_check=True)
         assert [i.name for i in small.graph.input] == ["input"] and [o.name for o in small.graph.output] == ["logits"]
-        kept = {g["width"]: g["kept"] for g in report["groups"] if g["prunable"]}
-        assert kept == {HEADS: HEADS // 2, 2 * DIM: DIM, DIM: DIM // 2}
-        assert report["macs_after"] < 0.35 * report["macs_before"]
+        kept = {g["width"]: g.get("kept", g["width"]) for g in report["groups"] if g["prunable"] or g.get("normalised")}
+        assert kept == {HEADS: HEADS // 2, 2 * DIM: DIM, DIM: hidden}
+        assert (report.get("kept_whole") is not None) == (hidden == DIM)
+        assert report["macs_after"] < macs * report["macs_before"]
         for batch in (1, 7):  # dynamic batch
             assert run(small, images(batch))[0].shape == (batch, 10)
 

@@ -27,6 +27,7 @@ from .relations import (
     Inner,
     Local,
     Member,
+    Normalised,
     Offset,
     Space,
     Within,
@@ -48,6 +49,7 @@ class Group:
     members: list[Member] = field(default_factory=list)
     macs: int = 0
     coords: dict[Space, np.ndarray] | None = None  # heads: coordinate of each column inside a head (within.py)
+    normalised: tuple[str, ...] = ()  # the normalisations whose statistics run over these channels
 
     @property
     def prunable(self) -> bool:
@@ -102,8 +104,13 @@ def analyze(graph: gs.Graph, ignore: tuple[str, ...] = (), node_macs: dict[str, 
     members, fixups = _members_and_fixups(relations, widths)
     groups = _build_groups(relations, widths, frozen, members)
     node_macs = node_macs or {}
+    normalisers = defaultdict(set)
+    for rel in relations:
+        if isinstance(rel, Normalised):
+            normalisers[rel.space].add(rel.node)
     for group in groups:
         group.macs = sum(node_macs.get(n, 0) for n in {m.node for m in group.members if m.scored})
+        group.normalised = tuple(sorted(set().union(*(normalisers.get(s, ()) for s in group.positions))))
         if group.prunable and labels:
             group.coords = group_coordinates(group.positions, labels)
     return Analysis(widths, groups, members, fixups, frozen, node_macs, _product_spaces(g))

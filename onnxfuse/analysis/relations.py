@@ -25,6 +25,8 @@ that axis relates to the axes of the node's other tensors. A rule answers with r
   split's inner space; or a fused op's Q·Kᵀ and A·V sides). Coordinates of one system may be
   permuted inside every unit alike without changing what the model computes, when nothing but
   transposes and the attention products touch them; head fusion aligns heads by it.
+- `Normalised(space, node)`: a normalisation's statistics run over the space's channels (LayerNorm
+  and its written-out and fused forms): shrinking the space rescales every channel it keeps.
 - `Fixup(node, key, apply)`: an attribute or shape constant recomputed from the new widths.
 
 An op missing from the table freezes every space that reaches it: unknown means frozen.
@@ -107,6 +109,12 @@ class Within:
         return ("within", self.space, self.key, self.index.tobytes())
 
 
+@dataclass(frozen=True)
+class Normalised:
+    space: Space
+    node: str
+
+
 @dataclass(frozen=True, eq=False)
 class Fixup:
     node: str
@@ -128,7 +136,7 @@ def spaces_of(rel) -> list[Space]:
         return [rel.whole, rel.part]
     if isinstance(rel, Expand):
         return [rel.channel, rel.flat]
-    if isinstance(rel, (Member, Freeze, Inner, Local)):
+    if isinstance(rel, (Member, Freeze, Inner, Local, Normalised)):
         return [rel.space]
     return []
 

@@ -1,6 +1,7 @@
 """The pipeline: options, the typed Context, the pass contract, the pass list and its runner.
 
-    load ─► normalize ─► analyze ─► capture ─► score ─► plan ─► fuse ─► repair ─► emit ─► train ─► validate
+    load ─► normalize ─► analyze ─► keep_whole ─► capture ─► score ─► plan ─► fuse ─► repair ─► emit ─► train
+         ─► validate
 
 (a method may insert passes: tpp trains after plan)
 """

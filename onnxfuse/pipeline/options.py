@@ -20,7 +20,7 @@ from ..repair import REPAIRS
 from ..runtime.sessions import DEVICES, resolved_device
 from ..runtime.timing import cpu_channel_block
 from ..training.options import TrainOptions
-from .defaults import AUTO, FUSION_FIELDS, auto_fields, auto_help
+from .defaults import AUTO, FUSION_FIELDS, auto_fields, auto_help, auto_layernorm_width
 
 ALLOCATIONS = ("uniform", "sensitivity")
 REPAIR_MODES = (AUTO, "none")  # besides the registered repairs
@@ -59,6 +59,9 @@ class Options:
     allocate: str = option("auto", "sensitivity: per-group sparsities measured on --calib data to meet "
                            "--target-macs (auto: sensitivity with --calib and --target-macs, else uniform)",
                            choices=(AUTO,) + ALLOCATIONS)
+    layernorm_width: str = option("auto", "groups a LayerNorm normalises over (a transformer's hidden width): keep "
+                                  "them whole or shrink them (auto: keep when pruning without --calib, else shrink)",
+                                  choices=(AUTO, "keep", "shrink"))
     ignore: tuple[str, ...] = option((), "leave the output channels of matching nodes untouched (repeatable)",
                                      action="append", metavar="NODE_GLOB")
     fold_bn: bool = option(True, "do not fold BatchNormalization into Conv/Gemm", flag="--keep-bn",
@@ -265,6 +268,8 @@ class Options:
         """A checked copy with the recipe's defaults and `round_to` "auto" replaced by the device's multiple."""
         options = self.with_defaults()
         options._check()
+        if options.layernorm_width == AUTO:
+            options = dataclasses.replace(options, layernorm_width=auto_layernorm_width(options))
         return options if options.round_to != AUTO else dataclasses.replace(options, round_to=auto_round_to(options))
 
 

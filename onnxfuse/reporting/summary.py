@@ -21,6 +21,8 @@ def group_rows(analysis: Analysis, total_macs: int, keep: dict | None = None) ->
         }
         if group.frozen:
             row["frozen"] = group.frozen
+        if group.normalised:
+            row["normalised"] = list(group.normalised)
         if keep is not None and group.id in keep:
             row["kept"] = len(keep[group.id])
         rows.append(row)
@@ -32,6 +34,8 @@ def format_groups(rows: list[dict]) -> str:
     for r in rows:
         state = "prunable" if r["prunable"] else f"frozen: {r['frozen']}"
         kept = f" -> {r['kept']}" if "kept" in r else ""
+        if r.get("normalised") and r["prunable"]:
+            state += f" (normalised by {len(r['normalised'])} LayerNorms)"
         lines.append(f"group {r['id']:>3}  width {r['width']:>5}{kept}  macs {100 * r['mac_share']:5.1f}%  "
                      f"producers [{', '.join(r['producers'])}]  consumers [{', '.join(r['consumers'])}]  {state}")
     return "\n".join(lines)

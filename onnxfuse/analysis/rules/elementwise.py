@@ -8,7 +8,7 @@ import onnx_graphsurgeon as gs
 
 from ...graph.legacy import channel_scale
 from ...graph.view import GraphView, node_label
-from ..relations import Couple, Fixup, Freeze, Member
+from ..relations import Couple, Fixup, Freeze, Member, Normalised
 from .common import first_input, first_output, norm_axis
 from .registry import register_op_rule
 
@@ -104,7 +104,7 @@ def reduce(node, tensor, axis, g: GraphView):
     if tensor is x:
         if axis in axes:
             if keepdims and axes == [rank - 1] and _normalisation_statistic(node):
-                return []  # a LayerNorm written out: its statistics change with the channels, as LayerNorm's do
+                return [Normalised((x.name, axis), node_label(node))]  # a LayerNorm written out
             return [Freeze((x.name, axis), f"{node.op} reduces over the channel axis ({node_label(node)})")]
         return [Couple((x.name, axis), (y.name, mapping[axis]))]
     inverse = {v: k for k, v in mapping.items()}

@@ -12,7 +12,7 @@ import onnx_graphsurgeon as gs
 
 from ...graph.legacy import batchnorm_not_per_channel
 from ...graph.view import GraphView, node_label
-from ..relations import Couple, Expand, Fixup, Freeze, Local, Member
+from ..relations import Couple, Expand, Fixup, Freeze, Local, Member, Normalised
 from .common import first_input, first_output, fix_reshape, norm_axis
 from .registry import register_op_rule
 
@@ -58,7 +58,7 @@ def layernorm(node, tensor, axis, g: GraphView):
         return [Couple((x.name, axis), (y.name, axis))]
     if first != rank - 1 or len(node.outputs) > 1 and any(not o.is_empty() for o in node.outputs[1:]):
         return [Freeze((tensor.name, axis), f"LayerNormalization over several axes ({node_label(node)})")]
-    relations = [Couple((x.name, axis), (y.name, axis))]
+    relations = [Couple((x.name, axis), (y.name, axis)), Normalised((x.name, axis), node_label(node))]
     for i, (role, scored) in ((1, ("param", True)), (2, ("shift", False))):
         p = g.input(node, i)
         if p is None:
@@ -96,6 +96,7 @@ def skip_layernorm(node, tensor, axis, g: GraphView):
     if any(not o.is_empty() and o.outputs for o in node.outputs[1:3]):
         return [Freeze((tensor.name, axis), f"{node.op} with its statistics used ({label})")]
     simplified = node.op == "SkipSimplifiedLayerNormalization"
+    relations.append(Normalised((x.name, axis), label))
     roles = [(2, "param", True)] + ([] if simplified else [(3, "shift", False)]) + [(3 if simplified else 4, "shift",
                                                                                      False)]
     for i, role, scored in roles:
@@ -120,6 +121,7 @@ def embed_layernorm(node, tensor, axis, g: GraphView):
     relations = [Couple((y.name, axis), (t.name, axis)) for t in outputs[1:]]
     if axis != (g.rank(y) or 0) - 1:
         return relations
+    relations.append(Normalised((y.name, axis), label))
     roles = [(2, "producer", True), (3, "shift", False), (4, "shift", False), (5, "param", True), (6, "shift", False)]
     for i, role, scored in roles:
         p = g.input(node, i)
