@@ -8,7 +8,8 @@
   data-free (uniform, no repair: the default, which keeps the LayerNorm-normalised hidden width when
   pruning and shrinks it when fusing, and each method with it kept and shrunk), with the calibration
   file (uniform + stats, uniform + the per-head / per-neuron rescale, uniform + lsq, the defaults:
-  sensitivity allocation + lsq), and the defaults then 1000 steps of distillation on the 10 000 unlabelled train images of benchmarks/finetune.py;
+  sensitivity allocation + lsq), and the defaults then 1000 steps of distillation on the 10 000
+  unlabelled train images of benchmarks/finetune.py;
 - onnxsim 0.8.1 at equal MACs: `apply_attention_head_pruning` (heads) + `apply_structured_pruning`
   (FFN), the sparsity bisected to the target, with and without its ridge refit, on the
   nn.MultiheadAttention export and on the form with com.microsoft Attention ops (the only one
