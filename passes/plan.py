@@ -4,7 +4,14 @@ from onnxfuse.pipeline.contract import Pass, register_pass
 from onnxfuse.planning.counts import estimated_mac_ratio, keep_counts, solve_sparsity_for_macs, top_k
 from onnxfuse.planning.latency import LatencyModel, LatencyProbe, measure_latency_savings
 from onnxfuse.planning.quality import quality_of, smallest_ratio
-from onnxfuse.planning.sensitivity import LEVELS, allocate, best_plan, importance_damage, measure_sensitivity
+from onnxfuse.planning.sensitivity import (
+    LEVELS,
+    allocate,
+    best_plan,
+    importance_damage,
+    measure_sensitivity,
+    neighbour_plans,
+)
 from onnxfuse.runtime.compare import compare
 
 
@@ -46,7 +53,10 @@ class Plan(Pass):
         damage = measure_sensitivity(analysis, ctx.probes)
         greedy = allocate(analysis, damage, opts.target_macs, opts.round_to)
         _, uniform = solve_sparsity_for_macs(analysis, ctx.decisions.scores, opts.target_macs, opts.round_to)
-        chosen, counts, totals = best_plan(ctx.probes, {"sensitivity": greedy, "uniform": uniform})
+        candidates = {"sensitivity": greedy, "uniform": uniform}
+        trades = neighbour_plans(analysis, damage, [greedy, uniform], opts.target_macs, opts.round_to)
+        candidates.update((f"trade {i}", plan) for i, plan in enumerate(trades, 1))
+        chosen, counts, totals = best_plan(ctx.probes, candidates)
         ctx.report["sensitivity"] = {str(gid): {str(s): round(d, 6) for s, d in levels.items()}
                                      for gid, levels in damage.items()}
         ctx.report["allocation"] = {"chosen": chosen, "damage": {k: round(v, 6) for k, v in totals.items()}}

@@ -95,6 +95,63 @@ def _taken_back(level: dict, damage: dict, target: float, ratio_of, counts) -> d
         level = {**level, best[0]: best[1]}
 
 
+NEIGHBOURS = 2  # plans one trade away from the greedy and uniform ones that the whole-network damage also judges
+
+
+def neighbour_plans(analysis, damage: dict[int, dict[float, float]], starts: list[dict[int, int]], target: float,
+                    round_to: int = 1) -> list[dict[int, int]]:
+    """Plans one trade away from each start: one group keeps one step more, the others pay for it
+    with the steps that cost the least damage per MAC saved, and what the budget then leaves is
+    given back; the NEIGHBOURS with the least summed damage that are not starts. Under coarse steps
+    (--round-to 8 on narrow groups) the greedy's one-step-at-a-time choice misses such trades."""
+    groups = {g.id: g for g in analysis.prunable}
+    options = {}  # per group: the damage of each count it can keep, from the lowest level that keeps it
+    for gid, g in groups.items():
+        multiple = unit_multiple(g, round_to)
+        options[gid] = {}
+        for level in sorted(damage[gid]):
+            options[gid].setdefault(keep_count(g.width, level, multiple), damage[gid][level])
+
+    def cost(gid, count):  # a start's count between two measured ones (uniform's) is interpolated
+        known = sorted(options[gid])
+        return float(np.interp(count, known, [options[gid][c] for c in known]))
+
+    def ratio(plan):
+        return estimated_mac_ratio(analysis, plan)
+
+    def step(plan, gid, up):
+        kept = [c for c in options[gid] if (c > plan[gid] if up else c < plan[gid])]
+        return (min(kept) if up else max(kept)) if kept else None
+
+    def paid_for(plan, raised):
+        while (now := ratio(plan)) > target:
+            moves = [(gid, c) for gid in groups if gid != raised and (c := step(plan, gid, False)) is not None]
+            costs = [((cost(gid, c) - cost(gid, plan[gid])) / saved, gid, c) for gid, c in moves
+                     if (saved := now - ratio({**plan, gid: c})) > 0]
+            if not costs:
+                return None
+            _, gid, c = min(costs)
+            plan = {**plan, gid: c}
+        while True:  # give back
+            moves = [(cost(gid, plan[gid]) - cost(gid, c), gid, c) for gid in groups
+                     if (c := step(plan, gid, True)) is not None and ratio({**plan, gid: c}) <= target]
+            if not moves:
+                return plan
+            _, gid, c = max(moves)
+            plan = {**plan, gid: c}
+
+    seen = [dict(start) for start in starts]
+    found = []
+    for start in starts:
+        for gid in groups:
+            up = step(start, gid, True)
+            plan = None if up is None else paid_for({**start, gid: up}, gid)
+            if plan is not None and plan not in seen:
+                seen.append(plan)
+                found.append((sum(cost(g, c) for g, c in plan.items()), len(found), plan))
+    return [plan for _, _, plan in sorted(found)[:NEIGHBOURS]]
+
+
 def importance_damage(groups, scores: dict[int, np.ndarray], levels=LEVELS, round_to: int = 1) -> dict:
     """Damage without data: the share of a group's importance that each sparsity level removes."""
     damage = {}
