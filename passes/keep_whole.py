@@ -15,8 +15,8 @@ class KeepWhole(Pass):
             return
         held = [g for g in ctx.model.analysis.prunable if g.normalised]
         for group in held:
-            group.frozen = (f"normalised by {len(group.normalised)} LayerNorm(s), kept whole without calibration "
-                            "data (--layernorm-width shrink, or --calib, shrinks it)")
+            group.frozen = (f"normalised by {len(group.normalised)} normalisation node(s), kept whole without "
+                            "calibration data (--layernorm-width shrink, or --calib, shrinks it)")
         if held:
             ctx.report["kept_whole"] = [g.id for g in held]
             info(f"kept whole: {len(held)} group(s) a LayerNorm normalises over (width "

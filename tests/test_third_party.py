@@ -121,3 +121,16 @@ def test_ppocr_rec_attention_heads_are_groups():
     assert [g["kept"] for g in out["groups"] if g["prunable"] and g["width"] == 8] == [4, 4]
     x = np.random.default_rng(0).standard_normal((2, 3, 48, 320)).astype(np.float32)
     assert run(compressed, x)[0].shape == run(onnx.load(str(path)), x)[0].shape
+
+
+def test_ppocr_rec_hidden_width_is_normalised_by_its_written_out_layernorms():
+    """SVTR's LayerNorms are exported as ReduceMean / Sub / Pow / ReduceMean / Sqrt / Div: the group
+    they normalise is marked, kept whole by data-free pruning and shrunk on request."""
+    path = _package_file("rapidocr_onnxruntime", "models/ch_PP-OCRv4_rec_infer.onnx")
+    shape = ["1,3,48,320"]
+    normalised = [g for g in onnxfuse.inspect(str(path), input_shape=shape)["groups"] if g.get("normalised")]
+    assert [g["width"] for g in normalised] == [120] and all(g["prunable"] for g in normalised)
+    for width, kept in (("auto", 120), ("shrink", 60)):
+        _, out = onnxfuse.compress(str(path), 0.5, input_shape=shape, layernorm_width=width, validate=False,
+                                   quiet=True)
+        assert [g.get("kept", g["width"]) for g in out["groups"] if g["id"] == normalised[0]["id"]] == [kept]

@@ -35,7 +35,7 @@ def format_groups(rows: list[dict]) -> str:
         state = "prunable" if r["prunable"] else f"frozen: {r['frozen']}"
         kept = f" -> {r['kept']}" if "kept" in r else ""
         if r.get("normalised") and r["prunable"]:
-            state += f" (normalised by {len(r['normalised'])} LayerNorms)"
+            state += f" (normalised by {len(r['normalised'])} normalisation node(s))"
         lines.append(f"group {r['id']:>3}  width {r['width']:>5}{kept}  macs {100 * r['mac_share']:5.1f}%  "
                      f"producers [{', '.join(r['producers'])}]  consumers [{', '.join(r['consumers'])}]  {state}")
     return "\n".join(lines)
