@@ -47,6 +47,7 @@ VARIANTS = {  # in the order they are measured: the rows the issue asks for firs
     "stream importance": dict(importance="stream"),  # signal on residual streams, L1 elsewhere
     "signal importance": dict(importance="signal"),
     "64 samples": dict(calib_samples=64),  # thin calibration: 64 images drawn with the seed, not 256
+    "select repair": dict(repair="select"),  # none / lsq / stats+lsq per consumer by held-out damage
 }
 
 

@@ -311,6 +311,9 @@ def test_round_to_counts_a_head_as_its_channels(tmp_path):
                                   validate=False)
     kept = sorted((g["width"], g["kept"]) for g in report["groups"] if g["prunable"])
     assert kept == [(HEADS, 1), (HEADS, 1), (HIDDEN, 8), (HIDDEN, 8), (2 * HIDDEN, 16), (2 * HIDDEN, 16)]
+    _, report = onnxfuse.compress(path, sparsity=0.7, round_to=8, quiet=True, validate=False)
+    hidden = [g for g in report["groups"] if g.get("normalised")]  # by the Skip/EmbedLayerNormalization ops
+    assert hidden and all(not g["prunable"] and "kept whole" in g["frozen"] for g in hidden)
 
 
 def test_the_fused_bert_compresses_with_calibration_and_trains(tmp_path):
