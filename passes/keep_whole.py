@@ -15,9 +15,9 @@ class KeepWhole(Pass):
             return
         held = [g for g in ctx.model.analysis.prunable if g.normalised]
         for group in held:
-            group.frozen = (f"normalised by {len(group.normalised)} normalisation node(s), kept whole without "
-                            "calibration data (--layernorm-width shrink, or --calib, shrinks it)")
+            group.frozen = (f"normalised by {len(group.normalised)} normalisation node(s), kept whole "
+                            "(--layernorm-width keep, the default when pruning without --calib)")
         if held:
             ctx.report["kept_whole"] = [g.id for g in held]
             info(f"kept whole: {len(held)} group(s) a LayerNorm normalises over (width "
-                 f"{', '.join(str(g.width) for g in held)}); no calibration data to repair their statistics")
+                 f"{', '.join(str(g.width) for g in held)}); --layernorm-width shrink shrinks them")

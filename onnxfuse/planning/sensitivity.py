@@ -105,32 +105,34 @@ def neighbour_plans(analysis, damage: dict[int, dict[float, float]], starts: lis
     given back; the NEIGHBOURS with the least summed damage that are not starts. Under coarse steps
     (--round-to 8 on narrow groups) the greedy's one-step-at-a-time choice misses such trades."""
     groups = {g.id: g for g in analysis.prunable}
-    options = {}  # per group: the damage of each count it can keep, from the lowest level that keeps it
+    counts, costs = {}, {}  # per group, ascending: the counts it can keep; the damage of the lowest level keeping each
     for gid, g in groups.items():
         multiple = unit_multiple(g, round_to)
-        options[gid] = {}
+        first = {}
         for level in sorted(damage[gid]):
-            options[gid].setdefault(keep_count(g.width, level, multiple), damage[gid][level])
+            first.setdefault(keep_count(g.width, level, multiple), damage[gid][level])
+        counts[gid] = np.array(sorted(first))
+        costs[gid] = np.array([first[c] for c in counts[gid]])
 
     def cost(gid, count):  # a start's count between two measured ones (uniform's) is interpolated
-        known = sorted(options[gid])
-        return float(np.interp(count, known, [options[gid][c] for c in known]))
+        return float(np.interp(count, counts[gid], costs[gid]))
 
     def ratio(plan):
         return estimated_mac_ratio(analysis, plan)
 
     def step(plan, gid, up):
-        kept = [c for c in options[gid] if (c > plan[gid] if up else c < plan[gid])]
-        return (min(kept) if up else max(kept)) if kept else None
+        known = counts[gid]
+        i = np.searchsorted(known, plan[gid], side="right" if up else "left") - (0 if up else 1)
+        return int(known[i]) if 0 <= i < len(known) else None
 
     def paid_for(plan, raised):
         while (now := ratio(plan)) > target:
             moves = [(gid, c) for gid in groups if gid != raised and (c := step(plan, gid, False)) is not None]
-            costs = [((cost(gid, c) - cost(gid, plan[gid])) / saved, gid, c) for gid, c in moves
-                     if (saved := now - ratio({**plan, gid: c})) > 0]
-            if not costs:
+            priced = [((cost(gid, c) - cost(gid, plan[gid])) / saved, gid, c) for gid, c in moves
+                      if (saved := now - ratio({**plan, gid: c})) > 0]
+            if not priced:
                 return None
-            _, gid, c = min(costs)
+            _, gid, c = min(priced)
             plan = {**plan, gid: c}
         while True:  # give back
             moves = [(cost(gid, plan[gid]) - cost(gid, c), gid, c) for gid in groups
@@ -140,7 +142,7 @@ def neighbour_plans(analysis, damage: dict[int, dict[float, float]], starts: lis
             _, gid, c = max(moves)
             plan = {**plan, gid: c}
 
-    seen = [dict(start) for start in starts]
+    seen = list(starts)
     found = []
     for start in starts:
         for gid in groups:
