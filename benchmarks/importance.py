@@ -6,6 +6,8 @@ Variants (each a `compress` option set, everything else at its default):
                  activation is measured, without data it is estimated from the weights
                  (calibration/estimate.py)
   prune stream   signal for residual streams (groups written by several producers), L1 elsewhere
+  prune select   L1 or signal per group, whichever does less damage on held-out calibration samples
+                 (needs --calib: not in the data-free regime)
   fuse top       Intra-Fusion keeping the most important channels (the default)
   fuse cover     Intra-Fusion keeping channels that cover the group (--fuse-keep cover)
 
@@ -51,9 +53,11 @@ VARIANTS = {
     "prune l1": dict(method="prune", importance="l1"),
     "prune signal": dict(method="prune", importance="signal"),
     "prune stream": dict(method="prune", importance="stream"),
+    "prune select": dict(method="prune", importance="select"),
     "fuse top": dict(method="fuse", importance="l1"),
     "fuse cover": dict(method="fuse", importance="l1", fuse_keep="cover"),
 }
+NEEDS_CALIB = {"prune select"}
 REGIMES = {"data-free": {}, "calib 64": dict(calib_samples=64, allocate="uniform", repair="lsq")}
 
 
@@ -116,7 +120,7 @@ def measure(models: list[str], targets: list[float], work: Path) -> None:
             for target in targets:
                 for variant, options in VARIANTS.items():
                     key = f"{name}|{regime}|{target}|{variant}"
-                    if key in store:
+                    if key in store or (not extra and variant in NEEDS_CALIB):
                         continue
                     calib = dict(calib=case.calib, **extra) if extra else {}
                     start = time.perf_counter()
@@ -146,11 +150,17 @@ def write(store: dict, targets: list[float]) -> None:
                 if not any(cells):
                     continue
                 best = max(c["score"] for c in cells if c)
-                row = ["" if c is None else (f"**{100 * c['score']:.1f}**" if c["score"] == best
-                                             else f"{100 * c['score']:.1f}") for c in cells]
+                row = [_cell(c, best, not REGIMES[regime] and v in NEEDS_CALIB) for v, c in zip(variants, cells)]
                 lines.append(f"| {name} | {target} | " + " | ".join(row) + " |")
         lines.append("")
     write_section("Importance", "\n".join(lines))
+
+
+def _cell(cell: dict | None, best: float, not_applicable: bool) -> str:
+    if cell is None:
+        return "n/a" if not_applicable else ""
+    text = f"{100 * cell['score']:.1f}"
+    return f"**{text}**" if cell["score"] == best else text
 
 
 def main() -> None:

@@ -4,6 +4,7 @@ Context fields it requires and provides and registers itself by name."""
 from . import (  # noqa: F401
     analyze,
     capture,
+    choose_importance,
     emit,
     fuse,
     keep_whole,

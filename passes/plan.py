@@ -50,7 +50,7 @@ class Plan(Pass):
     @staticmethod
     def _sensitivity(ctx):
         opts, analysis = ctx.options, ctx.model.analysis
-        damage = measure_sensitivity(analysis, ctx.probes)
+        damage = _sensitivity_table(ctx)
         greedy = allocate(analysis, damage, opts.target_macs, opts.round_to)
         _, uniform = solve_sparsity_for_macs(analysis, ctx.decisions.scores, opts.target_macs, opts.round_to)
         candidates = {"sensitivity": greedy, "uniform": uniform}
@@ -67,7 +67,7 @@ class Plan(Pass):
     def _quality(ctx):
         """The smallest MAC ratio whose quality on --data meets the target (planning/quality.py)."""
         opts, model, analysis = ctx.options, ctx.model, ctx.model.analysis
-        damage = measure_sensitivity(analysis, ctx.probes) if opts.allocate == "sensitivity" else None
+        damage = _sensitivity_table(ctx) if opts.allocate == "sensitivity" else None
 
         def counts_for(ratio):
             if damage is not None:
@@ -100,7 +100,7 @@ class Plan(Pass):
         opts, model, analysis = ctx.options, ctx.model, ctx.model.analysis
         probe = LatencyProbe(model.original, opts.device, opts.latency_batch, model.input_shapes, model.model_source)
         savings = measure_latency_savings(analysis, probe, ctx.probes.pruned)
-        damage = measure_sensitivity(analysis, ctx.probes) if ctx.calibration.calib is not None else \
+        damage = _sensitivity_table(ctx) if ctx.calibration.calib is not None else \
             importance_damage(analysis.prunable, ctx.decisions.scores, LEVELS, opts.round_to)
         ratio_of = LatencyModel(analysis, savings, opts.round_to).ratio
 
@@ -123,3 +123,8 @@ class Plan(Pass):
                                       "probe_reached": round(reached, 4),
                                       "savings": {str(g): [round(float(x), 4) for x in v] for g, v in savings.items()}}
         return counts
+
+
+def _sensitivity_table(ctx) -> dict:
+    """The damage of each group alone at each level: measured by choose_importance already, or now."""
+    return ctx.decisions.sensitivity or measure_sensitivity(ctx.model.analysis, ctx.probes)

@@ -25,7 +25,8 @@ CALIB = ROOT / "models" / "data" / "fmnist_calib512.npz"
 
 
 def _scored(importance: str, fold_bn: bool = True, seed: int = 0):
-    calib = str(CALIB) if importance == "act" else None  # activation importance reads calibration data
+    entry = IMPORTANCES.get(importance)  # activation importance without an estimate reads calibration data
+    calib = str(CALIB) if entry.needs_activity and not entry.estimates_activity else None
     options = pipeline.Options(importance=importance, fold_bn=fold_bn, seed=seed, calib=calib)
     return pipeline.run(pipeline.Context.for_model(options, onnx.load(BN)), stop_after="score")
 

@@ -11,7 +11,7 @@ import pytest
 import onnxfuse
 from onnxfuse import pipeline
 from onnxfuse.calibration.estimate import estimated_stats
-from onnxfuse.methods.importance import is_residual_stream, score_group
+from onnxfuse.methods.importance import IMPORTANCES, is_residual_stream, register_importance, score_group
 from tests.helpers import run
 from tests.netbuilder import Net
 
@@ -113,3 +113,67 @@ def test_data_free_signal_compresses_without_calibration(importance):
     x = Net(input_shape=(2, 3, 8, 8)).input(batch=2)
     assert run(small, {"x": x})[0].shape == run(model, {"x": x})[0].shape
     assert report["params_after"] < report["params_before"]
+
+
+@pytest.fixture
+def residual_calib(tmp_path):
+    path = tmp_path / "calib.npz"
+    np.savez(path, x=np.random.default_rng(3).standard_normal((48, 3, 8, 8)).astype(np.float32))
+    return str(path)
+
+
+@pytest.fixture
+def only_signal():
+    """A choice with one candidate: select's machinery must then give exactly what signal gives."""
+    register_importance("only_signal", needs_activity=True, choices=("signal",))(IMPORTANCES.get("l1").score)
+    yield "only_signal"
+    IMPORTANCES.remove("only_signal")
+
+
+def test_select_keeps_each_groups_least_damaging_candidate(residual_calib):
+    ctx = pipeline.run(pipeline.Context.for_model(pipeline.Options(
+        importance="select", calib=residual_calib, sparsity=0.5, repair="lsq"), _residual_net()),
+        stop_after="choose_importance")
+    choices = ctx.decisions.choices
+    assert set(choices) == {"l1", "signal"}
+    chosen = ctx.report["importance_choice"]
+    assert set(chosen) == {str(g.id) for g in ctx.model.analysis.prunable}
+    for group in ctx.model.analysis.prunable:
+        damage = {name: ctx.probes.damage(sparsity=0.5, only_groups=(group.id,), scores={group.id: s[group.id]})
+                  for name, s in choices.items()}
+        assert chosen[str(group.id)] == min(damage, key=lambda n: (damage[n], n != "l1"))
+        assert ctx.decisions.scores[group.id] is choices[chosen[str(group.id)]][group.id]
+
+
+@pytest.mark.parametrize("budget", [dict(sparsity=0.5), dict(target_macs=0.5, allocate="sensitivity", round_to=1)])
+def test_a_choice_of_one_importance_gives_exactly_that_importance(residual_calib, only_signal, budget):
+    """The scores swapped in and, under a sensitivity allocation, the damage table handed to plan
+    are the ones plan would have measured itself."""
+    common = dict(calib=residual_calib, repair="lsq", quiet=True, validate=False, **budget)
+    chosen, report = onnxfuse.compress(_residual_net(), importance=only_signal, **common)
+    plain, _ = onnxfuse.compress(_residual_net(), importance="signal", **common)
+    assert set(report["importance_choice"].values()) == {"signal"}
+    assert chosen.SerializeToString() == plain.SerializeToString()
+
+
+@pytest.mark.parametrize("method, probed_twice", [("prune", False), ("fuse", True)])
+def test_a_candidate_that_keeps_the_same_channels_is_not_probed_again_when_pruning(residual_calib, monkeypatch,
+                                                                                     method, probed_twice):
+    """Two candidates with the same scores: pruning keeps the same channels, so the second is not
+    probed; fusion weighs the merge by the scores, so both are."""
+    from onnxfuse.planning.probes import Probes
+
+    register_importance("l1_copy")(IMPORTANCES.get("l1").score)
+    register_importance("l1_twice", choices=("l1", "l1_copy"))(IMPORTANCES.get("l1").score)
+    calls = []
+    real = Probes.damage
+    monkeypatch.setattr(Probes, "damage", lambda self, **kw: calls.append(kw) or real(self, **kw))
+    try:
+        _, report = onnxfuse.compress(_residual_net(), 0.5, importance="l1_twice", method=method,
+                                      calib=residual_calib, repair="lsq", quiet=True, validate=False)
+    finally:
+        IMPORTANCES.remove("l1_twice")
+        IMPORTANCES.remove("l1_copy")
+    groups = sum(1 for g in report["groups"] if g["prunable"])
+    assert len(calls) == (2 if probed_twice else 1) * groups
+    assert set(report["importance_choice"].values()) == {"l1"}

@@ -27,19 +27,22 @@ class Importance:
     score: Scorer
     needs_activity: bool = False  # the capture pass measures mean |activation| per channel for it
     estimates_activity: bool = False  # without data, it takes the data-free estimate (calibration/estimate.py)
+    choices: tuple[str, ...] = ()  # a choice among these importances, made per group by measurement
 
 
 IMPORTANCES: Registry[Importance] = Registry("importance")
 
 
 def register_importance(name: str, *, needs_activity: bool = False, estimates_activity: bool = False,
-                        replace: bool = False):
+                        choices: tuple[str, ...] = (), replace: bool = False):
     """Decorator: `score(group, tensors, seed=0, activity=None, **_) -> (width,) array` as the
     importance `name`; higher means kept. `needs_activity`: the criterion reads calibration
     activations (`activity`, the group's mean |activation| per channel); `estimates_activity`:
-    without calibration data it reads their data-free estimate instead."""
+    without calibration data it reads their data-free estimate instead; `choices`: the importance
+    is chosen per group among these by held-out damage (passes/choose_importance.py), `score` is
+    what the groups start with."""
     def wrap(score: Scorer) -> Scorer:
-        IMPORTANCES.add(name, Importance(score, needs_activity, estimates_activity), replace)
+        IMPORTANCES.add(name, Importance(score, needs_activity, estimates_activity, choices), replace)
         return score
     return wrap
 
@@ -149,3 +152,11 @@ def stream(group: Group, tensors, seed: int = 0, activity: np.ndarray | None = N
     """`signal` for residual streams, where a channel's weights say little about what the sum
     carries; L1 for every other group."""
     return signal(group, tensors, activity=activity) if is_residual_stream(group) else l1(group, tensors)
+
+
+@register_importance("select", needs_activity=True, choices=("l1", "signal"))
+def select(group: Group, tensors, seed: int = 0, **_) -> np.ndarray:
+    """L1 or `signal` for each group, whichever does less damage on held-out calibration samples
+    when the group alone is shrunk (the sensitivity probes; passes/choose_importance.py). L1 before
+    the choice."""
+    return l1(group, tensors)

@@ -1,7 +1,7 @@
 """The pipeline: options, the typed Context, the pass contract, the pass list and its runner.
 
-    load ─► normalize ─► analyze ─► keep_whole ─► capture ─► score ─► plan ─► fuse ─► repair ─► emit ─► train
-         ─► validate
+    load ─► normalize ─► analyze ─► keep_whole ─► capture ─► score ─► choose_importance ─► plan ─► fuse
+         ─► repair ─► emit ─► train ─► validate
 
 (a method may insert passes: tpp trains after plan)
 """

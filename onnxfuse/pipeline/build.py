@@ -8,8 +8,8 @@ from ..methods import METHODS
 from .contract import PASSES, Pass
 from .options import Options
 
-FLOW = ("load", "normalize", "analyze", "keep_whole", "capture", "score", "plan", "fuse", "repair", "emit", "train",
-        "validate")
+FLOW = ("load", "normalize", "analyze", "keep_whole", "capture", "score", "choose_importance", "plan", "fuse", "repair",
+        "emit", "train", "validate")
 
 
 def passes(options: Options) -> list[Pass]:

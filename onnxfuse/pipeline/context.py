@@ -61,6 +61,8 @@ class Decisions:
     space_maps: SpaceMaps | None = None
     only_groups: tuple[int, ...] | None = None  # probes: shrink only these groups
     fixed_counts: dict[int, int] | None = None  # probes: channels each group keeps, decided by the planner
+    choices: dict[str, dict[int, np.ndarray]] | None = None  # --importance select: each candidate's scores
+    sensitivity: dict[int, dict[float, float]] | None = None  # damage per group and level, once measured
 
 
 @dataclass

@@ -39,15 +39,16 @@ class Probes:
         self._remote_damage = remote_damage
 
     def damage(self, only_groups: tuple[int, ...] | None = None, fixed_counts: dict[int, int] | None = None,
-               **changes) -> float:
-        """Output damage of the configured method and repair with some options changed, the repair
-        fitted on part of the calibration data and judged on the held-out rest."""
+               scores: dict[int, np.ndarray] | None = None, **changes) -> float:
+        """Output damage of the configured method and repair with some options changed (and other
+        importance scores for some groups), the repair fitted on part of the calibration data and
+        judged on the held-out rest."""
         ctx = self._ctx
         fit, held_out = ctx.calibration.calib.split(HELD_OUT_DIVISOR, PROBE_SAMPLES)
         options = dataclasses.replace(ctx.options, target_macs=None, target_latency=None, allocate="uniform",
                                       min_agreement=None, max_accuracy_drop=None, validate=False,
                                       repair=PROBE_REPAIR.get(ctx.options.repair, ctx.options.repair), **changes)
-        probe = self._fork(options, dataclasses.replace(ctx.calibration, calib=fit), only_groups, fixed_counts)
+        probe = self._fork(options, dataclasses.replace(ctx.calibration, calib=fit), only_groups, fixed_counts, scores)
         probe = self._run(probe, DAMAGE_PASSES)
         return output_damage(ctx.model.model_source, runnable(probe.model.graph, ctx.model.original), held_out)
 
@@ -88,10 +89,10 @@ class Probes:
         calibration = type(ctx.calibration)()
         return self._run(self._fork(options, calibration, only_groups, fixed_counts), PRUNED_PASSES).model.result
 
-    def _fork(self, options, calibration, only_groups, fixed_counts):
+    def _fork(self, options, calibration, only_groups, fixed_counts, scores=None):
         ctx = self._ctx
         model = dataclasses.replace(ctx.model, graph=ctx.model.graph.copy(), before_fuse=None, result=None)
-        decisions = type(ctx.decisions)(scores=ctx.decisions.scores, only_groups=only_groups,
+        decisions = type(ctx.decisions)(scores={**ctx.decisions.scores, **(scores or {})}, only_groups=only_groups,
                                         fixed_counts=fixed_counts)
         return dataclasses.replace(ctx, options=options, model=model, calibration=calibration, decisions=decisions,
                                    report={}, probes=None)

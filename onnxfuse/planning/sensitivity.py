@@ -20,12 +20,36 @@ LEVELS = (0.125, 0.25, 0.375, 0.5, 0.625, 0.75)
 
 def measure_sensitivity(analysis, probes, levels=LEVELS) -> dict[int, dict[float, float]]:
     """Damage of every prunable group shrunk alone at each level (`probes`: planning/probes.py)."""
-    damage: dict[int, dict[float, float]] = {group.id: {0.0: 0.0} for group in analysis.prunable}
-    steps = [(group.id, level) for group in analysis.prunable for level in levels]
-    measured = probes.damages([{"sparsity": level, "only_groups": (gid,)} for gid, level in steps], "sensitivity")
-    for (gid, level), value in zip(steps, measured):
-        damage[gid][level] = value
-    return damage
+    return measure_choices(analysis, probes, {None: None}, levels)[None]
+
+
+def measure_choices(analysis, probes, choices: dict, levels=LEVELS, same_damage=None) -> dict:
+    """measure_sensitivity for each importance in `choices` (name -> scores per group; None: the
+    run's own). `same_damage(gid, level, scores)`: true when a choice must damage exactly as the
+    first does there (the same channels kept, a method that reads nothing else), so it is not probed."""
+    first = next(iter(choices))
+    tables = {name: {g.id: {0.0: 0.0} for g in analysis.prunable} for name in choices}
+    steps, copied = [], []
+    for name, scores in choices.items():
+        for gid, level in ((g.id, level) for g in analysis.prunable for level in levels):
+            shared = name != first and same_damage is not None and same_damage(gid, level, scores)
+            (copied if shared else steps).append((name, gid, level))
+    changes = [{"sparsity": level, "only_groups": (gid,)} | ({} if choices[name] is None else
+                                                              {"scores": {gid: choices[name][gid]}})
+               for name, gid, level in steps]
+    for (name, gid, level), value in zip(steps, probes.damages(changes, "sensitivity")):
+        tables[name][gid][level] = value
+    for name, gid, level in copied:
+        tables[name][gid][level] = tables[first][gid][level]
+    return tables
+
+
+def least_damage(tables: dict) -> dict[int, str]:
+    """Per group, the choice whose damage averaged over the measured levels is least (ties: the first)."""
+    names = list(tables)
+    gids = tables[names[0]]
+    return {gid: min(names, key=lambda n: (np.mean(list(tables[n][gid].values())), names.index(n)))
+            for gid in gids}
 
 
 def best_plan(probes, candidates: dict[str, dict[int, int]]) -> tuple[str, dict[int, int], dict[str, float]]:
