@@ -43,6 +43,7 @@ VARIANTS = {  # in the order they are measured: the rows the issue asks for firs
     "previous defaults": dict(method="prune", importance="l1", repair="stats", allocate="uniform"),
     "uniform allocation": dict(allocate="uniform"),
     "fuse": dict(method="fuse"),
+    "l1 importance": dict(importance="l1"),  # the defaults before select
     "act importance": dict(importance="act"),
     "stream importance": dict(importance="stream"),  # signal on residual streams, L1 elsewhere
     "signal importance": dict(importance="signal"),

@@ -2,11 +2,13 @@
 third-party models of the tests (benchmarks/defaults.py writes the measurement into
 benchmarks/RESULTS.md, section "Defaults"; docs/defaults.md explains the choice).
 
-Without calibration data: L1 pruning, no repair. With `--calib`: L1 pruning, the cross-validated
-least-squares repair, and with a MAC budget the sensitivity allocation; when `--method fuse` is
-asked for with data, the OT cost from weights and activations and the `reference` normalisation
-(the repair sets each channel's scale). Pruning beat fusion, and L1 beat activation importance,
-once the refit follows them (benchmarks/RESULTS.md, "Defaults").
+Without calibration data: L1 pruning, no repair. With `--calib`: pruning, L1 or signal importance
+chosen per group by held-out damage (`select`), the cross-validated least-squares repair, and with
+a MAC budget the sensitivity allocation; when `--method fuse` is asked for with data, the OT cost
+from weights and activations and the `reference` normalisation (the repair sets each channel's
+scale). Pruning beat fusion once the refit follows it; neither L1 nor signal wins on every model,
+the measured choice between them matches the better one (benchmarks/RESULTS.md, "Defaults" and
+"Importance").
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ AUTO = "auto"
 
 DATA_FREE = {"method": "prune", "importance": "l1", "allocate": "uniform", "repair": "none",
              "normalization": "rescale", "features": "weights"}
-CALIBRATED = {"method": "prune", "importance": "l1", "allocate": "sensitivity", "repair": "lsq",
+CALIBRATED = {"method": "prune", "importance": "select", "allocate": "sensitivity", "repair": "lsq",
               "normalization": "reference", "features": "both"}
 FUSION_FIELDS = ("normalization", "features")
 
