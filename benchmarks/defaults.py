@@ -75,7 +75,8 @@ def measure(models: str, targets: list[float], variants: list[str]) -> None:
                 seconds = time.perf_counter() - start
                 cells[key] = {"accuracy": accuracy(compressed, data), "seconds": round(seconds, 1),
                               "macs": report["macs_after"] / report["macs_before"],
-                              "allocation": report.get("allocation", {}).get("chosen", "uniform")}
+                              "allocation": report.get("allocation", {}).get("chosen", "uniform"),
+                              "importance": report["options"]["importance"]}
                 print(f"  {arch} {variant:18s} T={target}: {100 * cells[key]['accuracy']:.2f}% "
                       f"MACs {cells[key]['macs']:.3f} ({seconds:.0f} s)", flush=True)
                 STORE.write_text(json.dumps(store, indent=1, sort_keys=True) + "\n")
@@ -101,12 +102,16 @@ def write(store: dict, targets: list[float]) -> None:
             for variant in VARIANTS:
                 cell = cells.get(f"{variant}|{target}")
                 share = None if cell is None else 100 * cell["accuracy"] / cells["dense"]
-                row.append("–" if cell is None else
-                           f"{100 * cell['accuracy']:.1f} ({share:.0f}%) {cell['seconds']:.0f} s")
+                row.append("–" if cell is None else f"{100 * cell['accuracy']:.1f} ({share:.0f}%) "
+                           f"{cell['seconds']:.0f} s{_older(variant, cell)}")
             lines.append(f"| {model} | {100 * cells['dense']:.1f} | {target} | " + " | ".join(row) + " |")
     if any(f"{v}|{t}" not in store[m] for m in models for v in VARIANTS for t in targets):
         lines += ["", "– : not measured in the recorded run (each sensitivity run of MobileNetV2 and the "
                   "ResNet-50-style model takes 5–18 min here)."]
+    if any(_older(v, store[m].get(f"{v}|{t}") or {"importance": "select"}) for m in models for v in VARIANTS
+           for t in targets):
+        lines += ["", f"{OLDER}: measured while the recipe's importance was L1 (before `select`), so the column's "
+                  "one change was made to that recipe."]
     lines += ["", "Mean % of dense of each column against the defaults' on the same models:", ""]
     for target in targets:
         for variant in list(VARIANTS)[1:]:
@@ -117,6 +122,16 @@ def write(store: dict, targets: list[float]) -> None:
                 lines.append(f"- T = {target}, {variant}: {share[0]:.1f} % vs {share[1]:.1f} % ({', '.join(both)})")
     lines += ["", "![accuracy with the defaults](defaults.png)"]
     write_section("Defaults", "\n".join(lines))
+
+
+OLDER = "†"
+
+
+def _older(variant: str, cell: dict) -> str:
+    """The mark of a cell whose variant leaves the importance to the recipe and that ran when the
+    recipe's was L1 (cells from before the `importance` field record none)."""
+    left_to_recipe = "importance" not in VARIANTS[variant]
+    return f" {OLDER}" if left_to_recipe and cell.get("importance", "l1") != recipe(True, True)["importance"] else ""
 
 
 def plot(store: dict, targets: list[float]) -> None:

@@ -154,7 +154,9 @@ def _held_out_quality(model, compressed, fresh):
 @pytest.mark.parametrize("method, sparsity", [("prune", 0.25), ("prune", 0.5), ("fuse", 0.25), ("fuse", 0.5)])
 def test_lsq_never_leaves_held_out_quality_below_the_unrepaired_model(method, sparsity, tmp_path, monkeypatch):
     """Depthwise convs, ReLU6, TF-style Pad nodes and 4 calibration samples: the widest consumer
-    (a 1×1 projection, 97 columns before shrinking) sees 4 × 16 = 64 rows: a plain refit memorises."""
+    (a 1×1 projection, 97 columns before shrinking) sees 4 × 16 = 64 rows: a plain refit memorises.
+    The importance is pinned: `select` may keep other channels under each repair, and the claim is
+    about the repair of one channel choice."""
     import onnxfuse
     from onnxfuse.repair import lsq
     from tests.tiny_models import thin_mobile, thin_mobile_inputs
@@ -165,7 +167,7 @@ def test_lsq_never_leaves_held_out_quality_below_the_unrepaired_model(method, sp
 
     def quality(repair):
         compressed, report = onnxfuse.compress(model, sparsity, method=method, calib=str(tmp_path / "calib.npz"),
-                                               repair=repair, quiet=True, validate=False)
+                                               repair=repair, importance="l1", quiet=True, validate=False)
         return _held_out_quality(model, compressed, fresh), report
 
     (plain_error, plain_agreement), _ = quality("none")

@@ -92,7 +92,9 @@ class Probes:
     def _fork(self, options, calibration, only_groups, fixed_counts, scores=None):
         ctx = self._ctx
         model = dataclasses.replace(ctx.model, graph=ctx.model.graph.copy(), before_fuse=None, result=None)
-        decisions = type(ctx.decisions)(scores={**ctx.decisions.scores, **(scores or {})}, only_groups=only_groups,
+        if scores:
+            scores = {**ctx.decisions.scores, **scores}
+        decisions = type(ctx.decisions)(scores=scores or ctx.decisions.scores, only_groups=only_groups,
                                         fixed_counts=fixed_counts)
         return dataclasses.replace(ctx, options=options, model=model, calibration=calibration, decisions=decisions,
                                    report={}, probes=None)
